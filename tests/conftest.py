@@ -1,0 +1,66 @@
+"""Shared cases: one registry of stencils, random well-conditioned factors, dense references."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+from tfggm import stencils
+
+
+def _random_custom() -> stencils.Stencil:
+  rng = np.random.default_rng(7)
+  candidates = [(0, -1), (0, -2), (-1, -1), (-1, 0), (-1, 2), (-2, 1)]
+  chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=3, replace=False))]
+  return stencils.from_offsets((4, 5), chosen, name="random_custom")
+
+
+STENCILS = {
+    "diagonal": lambda: stencils.diagonal(6),
+    "chain": lambda: stencils.chain(9),
+    "grid": lambda: stencils.grid(3, 4),
+    "extended_grid": lambda: stencils.extended_grid(3, 4),
+    "band3": lambda: stencils.band(10, 3),
+    "random_custom": _random_custom,
+}
+
+
+@pytest.fixture(params=sorted(STENCILS))
+def stencil(request) -> stencils.Stencil:
+  return STENCILS[request.param]()
+
+
+def random_bands(stencil: stencils.Stencil, batch_shape=(), seed: int = 0,
+                 dtype=np.float64) -> np.ndarray:
+  """Bands of a well-conditioned random L on the stencil: diagonal in [0.8, 1.6], off-diagonal ~ 0.3 N(0, 1)."""
+  rng = np.random.default_rng(seed)
+  b, n = stencil.bandwidth, stencil.n
+  bands = 0.3 * rng.normal(size=tuple(batch_shape) + (b + 1, n))
+  bands[..., 0, :] = rng.uniform(0.8, 1.6, size=tuple(batch_shape) + (n,))
+  return (bands * stencil.mask).astype(dtype)
+
+
+def dense_lower(bands: np.ndarray) -> np.ndarray:
+  """Dense L from compact bands, written independently of the library: L[i, i-k] = bands[k, i]."""
+  b1, n = bands.shape[-2:]
+  dense = np.zeros(bands.shape[:-2] + (n, n), dtype=bands.dtype)
+  for k in range(b1):
+    for i in range(k, n):
+      dense[..., i, i - k] = bands[..., k, i]
+  return dense
+
+
+def band_of(matrix: np.ndarray, bandwidth: int) -> np.ndarray:
+  """Compact lower bands of a dense matrix: out[k, i] = M[i, i-k] (0 where i < k)."""
+  n = matrix.shape[-1]
+  out = np.zeros(matrix.shape[:-2] + (bandwidth + 1, n), dtype=matrix.dtype)
+  for k in range(bandwidth + 1):
+    for i in range(k, n):
+      out[..., k, i] = matrix[..., i, i - k]
+  return out
+
+
+def tolerance(dtype) -> dict:
+  return dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)

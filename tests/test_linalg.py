@@ -1,0 +1,133 @@
+"""Banded kernels against dense float64 numpy: values, block edges, broadcasting, gradients, XLA."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import band_of, dense_lower, tolerance
+from tfggm import linalg
+
+# (n, b, block_size): n a multiple of B or not, n < B, b = n - 1, n = 1, b = 0.
+SHAPES = [(1, 0, None), (6, 0, None), (9, 1, None), (10, 3, None), (10, 3, 3), (10, 3, 4),
+          (7, 6, None), (40, 5, 8), (33, 2, 5)]
+BATCHES = [(), (2, 3)]
+
+
+def random_factor(n, b, batch=(), seed=0, dtype=np.float64):
+  rng = np.random.default_rng(seed)
+  bands = 0.3 * rng.normal(size=tuple(batch) + (b + 1, n))
+  bands[..., 0, :] = rng.uniform(0.8, 1.6, size=tuple(batch) + (n,))
+  inside = np.arange(n)[None, :] >= np.arange(b + 1)[:, None]
+  return (bands * inside).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("n,b,block", SHAPES)
+def test_solve_matches_numpy(n, b, block, batch, dtype):
+  bands = random_factor(n, b, batch, dtype=dtype)
+  dense = dense_lower(bands.astype(np.float64))
+  rhs = np.random.default_rng(1).normal(size=tuple(batch) + (n, 3)).astype(dtype)
+  for transpose in (False, True):
+    matrix = np.swapaxes(dense, -1, -2) if transpose else dense
+    got = linalg.solve(bands, rhs, transpose=transpose, block_size=block)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, np.linalg.solve(matrix, rhs), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("n,b,block", SHAPES)
+def test_matvecs_and_dense_round_trip(n, b, block):
+  bands = random_factor(n, b, (2,))
+  dense = dense_lower(bands)
+  x = np.random.default_rng(2).normal(size=(2, n))
+  np.testing.assert_allclose(linalg.matvec(bands, x), np.einsum("...ij,...j->...i", dense, x),
+                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(linalg.matvec_transpose(bands, x),
+                             np.einsum("...ji,...j->...i", dense, x), rtol=1e-12, atol=1e-12)
+  np.testing.assert_array_equal(linalg.dense_from_bands(bands), dense)
+  np.testing.assert_array_equal(linalg.bands_from_dense(dense, b), bands)
+
+
+def test_solve_vec_broadcasts_sample_dims_without_tiling():
+  bands = random_factor(10, 3, (3,))
+  x = np.random.default_rng(3).normal(size=(4, 2, 3, 10))  # [S1, S2, batch, n]
+  dense_t = np.swapaxes(dense_lower(bands), -1, -2)
+  got = linalg.solve_vec(bands, x, transpose=True)
+  want = np.linalg.solve(dense_t, x[..., None])[..., 0]
+  np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+  # Batch dims of size 1 on either side broadcast too.
+  got = linalg.solve(bands[None], np.ones((2, 1, 10, 1)))
+  assert got.shape == (2, 3, 10, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("n,b,block", SHAPES)
+def test_cholesky_and_outer_product_match_numpy(n, b, block, batch, dtype):
+  bands = random_factor(n, b, batch, dtype=dtype)
+  dense = dense_lower(bands.astype(np.float64))
+  precision = dense @ np.swapaxes(dense, -1, -2)
+  precision_bands = band_of(precision, b)
+  np.testing.assert_allclose(linalg.outer_product(bands, block_size=block), precision_bands,
+                             **tolerance(dtype))
+  factor = linalg.cholesky(precision_bands.astype(dtype), block_size=block)
+  np.testing.assert_allclose(factor, band_of(np.linalg.cholesky(precision), b), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("n,b,block", SHAPES)
+@pytest.mark.parametrize("extra_width", [0, 2])
+def test_selected_inversion_matches_numpy(n, b, block, batch, dtype, extra_width):
+  bands = random_factor(n, b, batch, dtype=dtype)
+  dense = dense_lower(bands.astype(np.float64))
+  covariance = np.linalg.inv(dense @ np.swapaxes(dense, -1, -2))
+  width = b + extra_width
+  if block is not None and block < width:
+    block = width
+  got = linalg.selected_inversion(bands, bandwidth=width, block_size=block)
+  np.testing.assert_allclose(got, band_of(covariance, width), **tolerance(dtype))
+
+
+def _check_gradient(function, *args):
+  theoretical, numerical = tf.test.compute_gradient(function, [tf.constant(a) for a in args],
+                                                    delta=1e-6)
+  for t, m in zip(theoretical, numerical):
+    np.testing.assert_allclose(t, m, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,b,block", [(7, 2, 3), (9, 1, None), (5, 4, None)])
+def test_gradients_match_finite_differences(n, b, block):
+  bands = random_factor(n, b, (2,))
+  inside = (np.arange(n)[None, :] >= np.arange(b + 1)[:, None]).astype(float)
+  rhs = np.random.default_rng(4).normal(size=(2, n, 2))
+  for transpose in (False, True):
+    _check_gradient(lambda l, x: linalg.solve(l * inside, x, transpose=transpose, block_size=block),
+                    bands, rhs)
+  _check_gradient(lambda l: linalg.selected_inversion(l * inside, block_size=block), bands)
+  precision = linalg.outer_product(bands).numpy()
+  _check_gradient(lambda p: linalg.cholesky(p * inside, block_size=block), precision)
+  _check_gradient(lambda l, x: linalg.matvec_transpose(l, x), bands, rhs[..., 0])
+
+
+def test_kernels_compile_with_xla_and_agree():
+  bands = random_factor(30, 4, (2,), dtype=np.float32)
+  rhs = np.random.default_rng(5).normal(size=(2, 30, 3)).astype(np.float32)
+  precision = linalg.outer_product(bands)
+  kernels = {
+      "solve": lambda: linalg.solve(bands, rhs),
+      "solve_transpose": lambda: linalg.solve(bands, rhs, transpose=True),
+      "matvec": lambda: linalg.matvec(bands, rhs[..., 0]),
+      "matvec_transpose": lambda: linalg.matvec_transpose(bands, rhs[..., 0]),
+      "cholesky": lambda: linalg.cholesky(precision),
+      "outer_product": lambda: linalg.outer_product(bands),
+      "selected_inversion": lambda: linalg.selected_inversion(bands),
+  }
+  for name, kernel in kernels.items():
+    compiled = tf.function(kernel, jit_compile=True)
+    np.testing.assert_allclose(compiled(), kernel(), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_bands_need_static_shape():
+  with pytest.raises(ValueError, match="static shape"):
+    linalg.matvec(tf.zeros([3]), tf.zeros([3]))

@@ -1,0 +1,79 @@
+"""Stencil presets, the general offsets constructor, and the values <-> bands maps."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import dense_lower
+from tfggm import stencils
+
+
+def _dense_pattern(height, width, neighbours):
+  """Which L[i, j] are free, from grid geometry: node (r, c) -> (r + dr, c + dc)."""
+  n = height * width
+  pattern = np.eye(n, dtype=bool)
+  for r in range(height):
+    for c in range(width):
+      for dr, dc in neighbours:
+        rr, cc = r + dr, c + dc
+        if 0 <= rr < height and 0 <= cc < width:
+          pattern[r * width + c, rr * width + cc] = True
+  return pattern
+
+
+@pytest.mark.parametrize("height,width", [(1, 5), (3, 4), (4, 4), (5, 2)])
+@pytest.mark.parametrize("name,neighbours", [
+    ("grid", [(0, -1), (-1, 0)]),
+    ("extended_grid", [(0, -1), (-1, -1), (-1, 0), (-1, 1)]),
+])
+def test_grid_presets_match_geometry(name, neighbours, height, width):
+  stencil = getattr(stencils, name)(height, width)
+  pattern = dense_lower(stencil.mask.astype(float)) != 0
+  np.testing.assert_array_equal(pattern, _dense_pattern(height, width, neighbours))
+
+
+def test_one_dimensional_presets():
+  assert stencils.diagonal(5).num_params == 5 and stencils.diagonal(5).bandwidth == 0
+  chain = stencils.chain(5)
+  assert chain.bandwidth == 1 and chain.num_params == 9
+  band = stencils.band(6, 3)
+  assert band.bandwidth == 3 and band.num_params == 6 + 5 + 4 + 3
+  assert stencils.band(4, 10).bandwidth == 3  # lags beyond n are unused
+  assert stencils.extended_grid(4, 4).lags == (1, 3, 4, 5)
+  assert stencils.grid(28, 28).num_params == 784 + 2 * 28 * 27
+
+
+def test_values_bands_round_trip(stencil):
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(2, 3, stencil.num_params))
+  bands = stencil.bands_from_values(values).numpy()
+  assert bands.shape == (2, 3, stencil.bandwidth + 1, stencil.n)
+  np.testing.assert_array_equal(bands[..., ~stencil.mask], 0.0)
+  np.testing.assert_array_equal(bands[..., 0, :], values[..., : stencil.n])
+  np.testing.assert_array_equal(stencil.values_from_bands(bands).numpy(), values)
+
+
+def test_bands_from_values_gradient_is_the_transposed_gather(stencil):
+  values = tf.Variable(np.ones((stencil.num_params,)))
+  weights = np.arange((stencil.bandwidth + 1) * stencil.n, dtype=float).reshape(stencil.mask.shape)
+  with tf.GradientTape() as tape:
+    total = tf.reduce_sum(stencil.bands_from_values(values) * weights)
+  np.testing.assert_array_equal(tape.gradient(total, values).numpy(), weights[stencil.mask])
+
+
+@pytest.mark.parametrize("shape,offsets,message", [
+    ((3, 3), [(0, 1)], "strictly in the past"),
+    ((3, 3), [(1, -1)], "strictly in the past"),
+    (5, [1], "strictly in the past"),
+    ((3, 3), [(-1, 3)], "whole row"),
+    ((3, 3), [-1], "offsets \\(dr, dc\\)"),
+    ((0, 3), [], "positive sizes"),
+])
+def test_bad_offsets_raise(shape, offsets, message):
+  with pytest.raises(ValueError, match=message):
+    stencils.from_offsets(shape, offsets)
+
+
+def test_wrong_number_of_values_names_the_shapes():
+  with pytest.raises(ValueError, match=r"17 free values; got values of shape \(2, 16\)"):
+    stencils.chain(9).bands_from_values(np.zeros((2, 16)))

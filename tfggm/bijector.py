@@ -1,0 +1,75 @@
+"""The banded-solve bijector: forward(x) = L^{-T} x for a banded lower-triangular L."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import dtype_util, parameter_properties, tensor_util
+
+from tfggm.linalg import bands as band_ops
+from tfggm.linalg.solve import solve_vec
+
+__all__ = ["PrecisionFactorSolve", "diagonal_assertions"]
+
+
+def diagonal_assertions(bands: tf.Tensor, what: str = "precision_factor_bands") -> list:
+  """Assertions that the diagonal of L (bands[..., 0, :]) is finite and positive."""
+  diagonal = bands[..., 0, :]
+  return [
+      tf.debugging.assert_all_finite(
+          diagonal, message=f"{what}: the diagonal of L (bands[..., 0, :]) has NaN or Inf entries"),
+      tf.debugging.assert_positive(
+          diagonal, message=f"{what}: the diagonal of L (bands[..., 0, :]) must be positive"),
+  ]
+
+
+class PrecisionFactorSolve(tfp.bijectors.Bijector):
+  """Y = L^{-T} X where P = L L^T is a precision with banded Cholesky factor L.
+
+  L is given in compact bands [..., b + 1, n] (`bands[..., k, i] = L[i, i - k]`).
+  If X ~ N(0, I), then Y ~ N(0, P^{-1}).
+
+  ```none
+  forward(x)  = L^{-T} x        blocked banded back-substitution, O(n b)
+  inverse(y)  = L^T y           banded matvec, O(n b)
+  log|det J|  = -sum_i log L_ii (constant Jacobian)
+  ```
+  """
+
+  def __init__(self, precision_factor_bands, validate_args: bool = False,
+               name: str = "precision_factor_solve"):
+    parameters = dict(locals())
+    with tf.name_scope(name) as name:
+      dtype = dtype_util.common_dtype([precision_factor_bands], dtype_hint=tf.float32)
+      self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
+          precision_factor_bands, dtype=dtype, name="precision_factor_bands")
+      band_ops.check_bands(self._precision_factor_bands)
+      super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, dtype=dtype,
+                       validate_args=validate_args, parameters=parameters, name=name)
+
+  @classmethod
+  def _parameter_properties(cls, dtype):
+    return dict(precision_factor_bands=parameter_properties.ParameterProperties(
+        event_ndims=2,
+        default_constraining_bijector_fn=parameter_properties.BIJECTOR_NOT_IMPLEMENTED))
+
+  @property
+  def precision_factor_bands(self) -> tf.Tensor:
+    return self._precision_factor_bands
+
+  def _forward(self, x):
+    return solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True)
+
+  def _inverse(self, y):
+    return band_ops.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y)
+
+  def _forward_log_det_jacobian(self, x):
+    diagonal = tf.convert_to_tensor(self._precision_factor_bands)[..., 0, :]
+    return -tf.reduce_sum(tf.math.log(diagonal), axis=-1)
+
+  def _parameter_control_dependencies(self, is_init):
+    if not self.validate_args:
+      return []
+    if is_init != tensor_util.is_ref(self._precision_factor_bands):
+      return diagonal_assertions(tf.convert_to_tensor(self._precision_factor_bands))
+    return []

@@ -1,0 +1,150 @@
+"""GaussianGraphicalModel: N(loc, P^{-1}) with P = L L^T and L banded lower triangular."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+from tensorflow_probability.python.internal import dtype_util, parameter_properties, tensor_util
+
+from tfggm import linalg
+from tfggm.bijector import PrecisionFactorSolve
+
+tfd = tfp.distributions
+
+__all__ = ["GaussianGraphicalModel"]
+
+
+class GaussianGraphicalModel(tfd.TransformedDistribution):
+  """A Gaussian whose precision P = L L^T has a banded (sparse) Cholesky factor L.
+
+  ```none
+  z = loc + L^{-T} eps,  eps ~ N(0, I_n)                           sample,   O(n b)
+  log p(z) = log N(L^T (z - loc); 0, I) + sum_i log L_ii            log_prob, O(n b)
+  H = n/2 (1 + log 2 pi) - sum_i log L_ii                           entropy,  O(n)
+  Var(z_i) = Sigma_ii, Sigma = P^{-1}, by selected inversion         variance, O(n b^2)
+  ```
+
+  L is given in the compact band layout `bands[..., k, i] = L[i, i - k]`
+  ([..., b + 1, n]); its diagonal must be positive. A stencil
+  (`tfggm.stencils`) fixes which bands entries are free; entries outside the
+  stencil are simply zeros here. Nothing n x n is formed except by `covariance`
+  and `precision`, which exist for inspection and tests.
+
+  #### Examples
+
+  ```python
+  stencil = tfggm.stencils.chain(16)
+  bands = stencil.bands_from_values(values)  # [..., 2, 16]
+  q = tfggm.GaussianGraphicalModel(loc, bands)
+  z = q.sample(4)                             # [4, ..., 16]
+  kl = tfd.kl_divergence(q, tfd.MultivariateNormalDiag(tf.zeros(16)))
+  ```
+  """
+
+  def __init__(self, loc, precision_factor_bands, validate_args: bool = False,
+               allow_nan_stats: bool = True, name: str = "GaussianGraphicalModel"):
+    """Builds the distribution.
+
+    Args:
+      loc: mean, [..., n].
+      precision_factor_bands: compact bands of L, [..., b + 1, n], static b and n.
+      validate_args: check that the diagonal of L is finite and positive.
+      allow_nan_stats: as in every TFP distribution.
+      name: name scope of the ops.
+
+    Raises:
+      ValueError: when loc's n and the bands' n differ (static shapes).
+    """
+    parameters = dict(locals())
+    with tf.name_scope(name) as name:
+      dtype = dtype_util.common_dtype([loc, precision_factor_bands], dtype_hint=tf.float32)
+      self._loc = tensor_util.convert_nonref_to_tensor(loc, dtype=dtype, name="loc")
+      self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
+          precision_factor_bands, dtype=dtype, name="precision_factor_bands")
+      n, _ = linalg.bands.check_bands(self._precision_factor_bands)
+      if self._loc.shape.rank == 0 or self._loc.shape[-1] not in (None, n):
+        raise ValueError(
+            f"loc must have shape [..., n] with n = {n} (from precision_factor_bands of shape "
+            f"{self._precision_factor_bands.shape}); got loc of shape {self._loc.shape}.")
+      self._n = n
+      solve = PrecisionFactorSolve(self._precision_factor_bands, validate_args=validate_args)
+      super().__init__(
+          distribution=tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)), [n]),
+          bijector=tfp.bijectors.Shift(self._loc, validate_args=validate_args)(solve),
+          validate_args=validate_args,
+          parameters=parameters,
+          name=name)
+      self._allow_nan_stats = allow_nan_stats
+
+  @classmethod
+  def _parameter_properties(cls, dtype, num_classes=None):
+    return dict(
+        loc=parameter_properties.ParameterProperties(event_ndims=1),
+        precision_factor_bands=parameter_properties.ParameterProperties(
+            event_ndims=2,
+            default_constraining_bijector_fn=parameter_properties.BIJECTOR_NOT_IMPLEMENTED))
+
+  @property
+  def loc(self) -> tf.Tensor:
+    return self._loc
+
+  @property
+  def precision_factor_bands(self) -> tf.Tensor:
+    """Compact bands of L, [..., b + 1, n]."""
+    return self._precision_factor_bands
+
+  @property
+  def bandwidth(self) -> int:
+    return int(self._precision_factor_bands.shape[-2]) - 1
+
+  def _event_shape_full(self, x: tf.Tensor) -> tf.Tensor:
+    """Broadcasts an [..., n] tensor to batch_shape + [n]."""
+    return tf.broadcast_to(x, tf.concat([self.batch_shape_tensor(), [self._n]], axis=0))
+
+  def _log_diagonal_sum(self) -> tf.Tensor:
+    """sum_i log L_ii, broadcast to the batch shape."""
+    bands = tf.convert_to_tensor(self._precision_factor_bands)
+    return tf.broadcast_to(tf.reduce_sum(tf.math.log(bands[..., 0, :]), axis=-1),
+                           self.batch_shape_tensor())
+
+  def _mean(self):
+    return self._event_shape_full(tf.convert_to_tensor(self._loc))
+
+  _mode = _mean
+
+  def _entropy(self):
+    constant = 0.5 * self._n * (1.0 + np.log(2.0 * np.pi))
+    return tf.cast(constant, self.dtype) - self._log_diagonal_sum()
+
+  def covariance_bands(self, bandwidth: int | None = None) -> tf.Tensor:
+    """Sigma within a band, compact layout [..., b' + 1, n], by selected inversion: O(n b'^2)."""
+    bands = tf.convert_to_tensor(self._precision_factor_bands)
+    return linalg.selected_inversion(bands, bandwidth=bandwidth)
+
+  def precision_bands(self) -> tf.Tensor:
+    """Lower bands of P = L L^T, [..., b + 1, n]: O(n b^2)."""
+    return linalg.outer_product(tf.convert_to_tensor(self._precision_factor_bands))
+
+  def _variance(self):
+    return self._event_shape_full(self.covariance_bands()[..., 0, :])
+
+  def _stddev(self):
+    return tf.sqrt(self._variance())
+
+  def precision(self) -> tf.Tensor:
+    """Dense P = L L^T, [..., n, n]: O(n^2) memory, for inspection and tests only."""
+    factor = linalg.dense_from_bands(tf.convert_to_tensor(self._precision_factor_bands))
+    return tf.matmul(factor, factor, adjoint_b=True)
+
+  def _covariance(self):
+    # Dense Sigma = L^{-T} L^{-1}: O(n^3), for inspection and tests only.
+    factor = linalg.dense_from_bands(tf.convert_to_tensor(self._precision_factor_bands))
+    identity = tf.broadcast_to(tf.eye(self._n, dtype=self.dtype), tf.shape(factor))
+    factor_inverse = tf.linalg.triangular_solve(factor, identity, lower=True)
+    covariance = tf.matmul(factor_inverse, factor_inverse, adjoint_a=True)
+    return tf.broadcast_to(covariance,
+                           tf.concat([self.batch_shape_tensor(), [self._n, self._n]], axis=0))
+
+  def _default_event_space_bijector(self):
+    return tfp.bijectors.Identity(validate_args=self.validate_args)
