@@ -64,3 +64,38 @@ def band_of(matrix: np.ndarray, bandwidth: int) -> np.ndarray:
 
 def tolerance(dtype) -> dict:
   return dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-9)
+
+
+def assert_gradients_match(function, args, num_directions: int = 3, delta: float = 1e-5,
+                           seed: int = 0, rtol: float = 1e-6):
+  """Checks autodiff against central differences along random directions, in float64.
+
+  For the scalar s(x) = sum(w * f(x)) with fixed random weights w, compares
+  <grad s, d> with (s(x + h d) - s(x - h d)) / 2h for random directions d: a few
+  evaluations instead of a full numerical Jacobian.
+  """
+  import tensorflow as tf
+  rng = np.random.default_rng(seed)
+  args = [tf.constant(np.asarray(a, dtype=np.float64)) for a in args]
+  outputs = tf.nest.flatten(function(*args))
+  weights = [tf.constant(rng.normal(size=o.shape)) for o in outputs]
+
+  @tf.function
+  def scalar(*xs):
+    return tf.add_n([tf.reduce_sum(w * o) for w, o in zip(weights, tf.nest.flatten(function(*xs)))])
+
+  @tf.function
+  def gradient(*xs):
+    with tf.GradientTape() as tape:
+      tape.watch(xs)
+      value = scalar(*xs)
+    return tape.gradient(value, xs)
+
+  grads = gradient(*args)
+  for _ in range(num_directions):
+    directions = [tf.constant(rng.normal(size=a.shape)) for a in args]
+    plus = scalar(*[a + delta * d for a, d in zip(args, directions)])
+    minus = scalar(*[a - delta * d for a, d in zip(args, directions)])
+    numerical = float((plus - minus) / (2 * delta))
+    analytic = float(sum(tf.reduce_sum(g * d) for g, d in zip(grads, directions)))
+    np.testing.assert_allclose(analytic, numerical, rtol=rtol, atol=rtol)

@@ -33,7 +33,7 @@ def factor_bands_from_values(stencil: Stencil, values: tf.Tensor,
   """
   values = tf.convert_to_tensor(values)
   n = stencil.n
-  diagonal = tf.nn.softplus(values[..., :n]) + tf.cast(diagonal_floor, values.dtype)
+  diagonal = tf.nn.softplus(values[..., :n]) + tf.constant(diagonal_floor, values.dtype)
   return stencil.bands_from_values(tf.concat([diagonal, values[..., n:]], axis=-1))
 
 
@@ -62,7 +62,7 @@ def precision_bands_from_values(stencil: Stencil, values: tf.Tensor,
   magnitude = tf.abs(off_diagonal)
   row_sums = (tf.reduce_sum(magnitude, axis=-2)
               + tf.reduce_sum(linalg.shift_rows(magnitude, -1), axis=-2))
-  diagonal = row_sums + tf.nn.softplus(values[..., :n]) + tf.cast(diagonal_floor, values.dtype)
+  diagonal = row_sums + tf.nn.softplus(values[..., :n]) + tf.constant(diagonal_floor, values.dtype)
   return tf.concat([diagonal[..., tf.newaxis, :], off_diagonal[..., 1:, :]], axis=-2)
 
 

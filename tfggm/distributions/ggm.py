@@ -115,7 +115,7 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   def _entropy(self):
     constant = 0.5 * self._n * (1.0 + np.log(2.0 * np.pi))
-    return tf.cast(constant, self.dtype) - self._log_diagonal_sum()
+    return tf.constant(constant, self.dtype) - self._log_diagonal_sum()
 
   def covariance_bands(self, bandwidth: int | None = None) -> tf.Tensor:
     """Sigma within a band, compact layout [..., b' + 1, n], by selected inversion: O(n b'^2)."""

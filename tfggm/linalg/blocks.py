@@ -25,9 +25,9 @@ __all__ = ["block_size_for", "to_blocks", "from_blocks", "move_axis"]
 
 
 def block_size_for(n: int, bandwidth: int, block_size: int | None = None) -> int:
-  """The block size: at least the bandwidth, at most n; by default max(b, min(n, 32))."""
+  """The block size: at least the bandwidth, at most n; by default max(b, min(n, 16))."""
   if block_size is None:
-    block_size = max(bandwidth, min(n, 32), 1)
+    block_size = max(bandwidth, min(n, 16), 1)
   if block_size < max(bandwidth, 1):
     raise ValueError(f"block_size {block_size} must be >= the bandwidth {bandwidth} (and >= 1).")
   return max(1, min(block_size, max(n, bandwidth, 1)))
