@@ -99,3 +99,30 @@ def assert_gradients_match(function, args, num_directions: int = 3, delta: float
     numerical = float((plus - minus) / (2 * delta))
     analytic = float(sum(tf.reduce_sum(g * d) for g, d in zip(grads, directions)))
     np.testing.assert_allclose(analytic, numerical, rtol=rtol, atol=rtol)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+  """Writes a gzip IDX file (uint8): 0, 0, type 0x08, ndim, big-endian dims, payload."""
+  import gzip
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory):
+  """A synthetic MNIST directory: 240 train and 40 test 28 x 28 images of bright blobs."""
+  directory = tmp_path_factory.mktemp("tiny_mnist")
+  rng = np.random.default_rng(0)
+
+  def images(count):
+    rows, cols = np.mgrid[:28, :28]
+    centres = rng.uniform(8, 20, size=(count, 2))
+    distance = (rows[None] - centres[:, 0, None, None])**2 + (cols[None] - centres[:, 1, None, None])**2
+    return (255 * np.exp(-distance / 30.0)).astype(np.uint8)
+
+  write_idx(directory / "train-images-idx3-ubyte.gz", images(240))
+  write_idx(directory / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 240))
+  write_idx(directory / "t10k-images-idx3-ubyte.gz", images(40))
+  write_idx(directory / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 40))
+  return directory

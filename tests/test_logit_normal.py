@@ -51,3 +51,25 @@ def test_validate_args_rejects_x_outside_the_open_cube(bad, message):
   x[1] = bad
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     d.log_prob(x)
+
+
+def test_alpha_scores_the_original_data_with_the_squashing_jacobian():
+  alpha = 0.05
+  bands = random_bands(stencils.grid(2, 3), (), seed=4)
+  loc = np.random.default_rng(5).normal(size=6)
+  x = np.random.default_rng(6).uniform(0.0, 1.0, size=(4, 6))
+  x[0, 0], x[1, 2] = 0.0, 1.0  # exact 0 and 1 are inside the support once squashed
+  squashed = alpha + (1 - 2 * alpha) * x
+  want = MultivariateLogitNormal(loc, bands).log_prob(squashed) + 6 * np.log(1 - 2 * alpha)
+  d = MultivariateLogitNormal(loc, bands, alpha=alpha, validate_args=True)
+  np.testing.assert_allclose(d.log_prob(x), want, rtol=1e-10)
+  np.testing.assert_allclose(d.median(), (1 / (1 + np.exp(-loc)) - alpha) / (1 - 2 * alpha), rtol=1e-10)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="must be in"):
+    d.log_prob(np.full(6, 1.2))
+
+
+def test_stencil_config_round_trip(stencil):
+  rebuilt = stencils.from_config(stencil.get_config())
+  assert rebuilt == stencil and rebuilt.name == stencil.name
+  custom = stencils.Stencil(stencil.mask, name="from_mask")
+  assert stencils.from_config(custom.get_config()) == stencil

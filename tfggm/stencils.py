@@ -15,6 +15,7 @@ __all__ = [
     "grid",
     "extended_grid",
     "band",
+    "from_config",
 ]
 
 
@@ -35,7 +36,7 @@ class Stencil:
   is the diagonal and the off-diagonal values follow lag by lag.
   """
 
-  def __init__(self, mask: np.ndarray, name: str = "stencil"):
+  def __init__(self, mask: np.ndarray, name: str = "stencil", offsets_spec: dict | None = None):
     mask = np.array(mask, dtype=bool)
     if mask.ndim != 2 or mask.shape[1] < 1:
       raise ValueError(f"A stencil mask is a boolean array [b + 1, n]; got shape {mask.shape}.")
@@ -49,6 +50,7 @@ class Stencil:
     self._mask = mask[: used_lags[-1] + 1]
     self._mask.setflags(write=False)
     self._name = name
+    self._offsets_spec = offsets_spec
     # index_map[k, i]: position of L[i, i-k] among the free values, or
     # num_params (a slot that holds zero) where the entry is not free.
     index_map = np.full(self._mask.shape, self.num_params, dtype=np.int32)
@@ -114,6 +116,12 @@ class Stencil:
           f"Stencil '{self.name}' needs bands of shape [..., {self.bandwidth + 1}, {self.n}] "
           f"(b + 1 = {self.bandwidth + 1} rows, n = {self.n}); got {shape}.")
 
+  def get_config(self) -> dict:
+    """A JSON-able description; `from_config` rebuilds the stencil from it."""
+    if self._offsets_spec is not None:
+      return dict(name=self.name, **self._offsets_spec)
+    return dict(name=self.name, mask=self._mask.astype(int).tolist())
+
   def __repr__(self) -> str:
     return (f"Stencil(name={self.name!r}, n={self.n}, bandwidth={self.bandwidth}, "
             f"num_params={self.num_params})")
@@ -175,7 +183,15 @@ def from_offsets(shape: int | Sequence[int], offsets: Sequence, name: str = "cus
   for (dr, dc), lag in zip(offsets_2d, lags):
     inside = (rows + dr >= 0) & (rows + dr < height) & (cols + dc >= 0) & (cols + dc < width)
     mask[lag] |= inside
-  return Stencil(mask, name=name)
+  spec = dict(shape=list(shape), offsets=[list(o) if len(shape) == 2 else int(o[1]) for o in offsets_2d])
+  return Stencil(mask, name=name, offsets_spec=spec)
+
+
+def from_config(config: dict) -> Stencil:
+  """The inverse of `Stencil.get_config`."""
+  if "mask" in config:
+    return Stencil(np.array(config["mask"], dtype=bool), name=config["name"])
+  return from_offsets(config["shape"], config["offsets"], name=config["name"])
 
 
 def diagonal(n: int) -> Stencil:

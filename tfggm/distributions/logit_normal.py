@@ -13,7 +13,7 @@ tfd = tfp.distributions
 __all__ = ["MultivariateLogitNormal", "squash"]
 
 
-def squash(alpha: float) -> tfb.Bijector:
+def squash(alpha: float, dtype: tf.DType = tf.float32) -> tfb.Bijector:
   """The affine map [0, 1] -> [alpha, 1 - alpha], x' = alpha + (1 - 2 alpha) x.
 
   Data with exact 0s and 1s (or dequantized pixels) must be squashed into the
@@ -28,7 +28,7 @@ def squash(alpha: float) -> tfb.Bijector:
   """
   if not 0.0 <= alpha < 0.5:
     raise ValueError(f"alpha must be in [0, 0.5); got {alpha}.")
-  return tfb.Shift(alpha)(tfb.Scale(1.0 - 2.0 * alpha))
+  return tfb.Shift(tf.constant(alpha, dtype))(tfb.Scale(tf.constant(1.0 - 2.0 * alpha, dtype)))
 
 
 class MultivariateLogitNormal(tfd.TransformedDistribution):
@@ -39,17 +39,24 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
   ```
 
   With a grid stencil over the pixels, the precision couples neighbouring
-  pixels in logit space. With `validate_args=True`, `log_prob` of an x outside
-  (0, 1), or NaN, raises InvalidArgumentError instead of returning NaN.
+  pixels in logit space. With `alpha > 0` the density is that of the original
+  data x in [0, 1] whose squashed version x' = alpha + (1 - 2 alpha) x is
+  logit-normal: `log p(x) = log p'(x') + n log(1 - 2 alpha)` (see `squash`).
+  With `validate_args=True`, `log_prob` of an x outside the open support, or
+  NaN, raises InvalidArgumentError instead of returning NaN.
   """
 
-  def __init__(self, loc, precision_factor_bands, validate_args: bool = False,
+  def __init__(self, loc, precision_factor_bands, alpha: float = 0.0, validate_args: bool = False,
                allow_nan_stats: bool = True, name: str = "MultivariateLogitNormal"):
     parameters = dict(locals())
     with tf.name_scope(name) as name:
       gaussian = GaussianGraphicalModel(loc, precision_factor_bands, validate_args=validate_args,
                                         allow_nan_stats=allow_nan_stats)
-      super().__init__(distribution=gaussian, bijector=tfb.Sigmoid(validate_args=validate_args),
+      bijector = tfb.Sigmoid(validate_args=validate_args)
+      if alpha:
+        bijector = tfb.Invert(squash(alpha, gaussian.dtype))(bijector)
+      self._alpha = alpha
+      super().__init__(distribution=gaussian, bijector=bijector,
                        validate_args=validate_args, parameters=parameters, name=name)
 
   @classmethod
@@ -62,6 +69,14 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
     return self.distribution
 
   @property
+  def alpha(self) -> float:
+    return self._alpha
+
+  def median(self) -> tf.Tensor:
+    """The image of the Gaussian's median loc: each coordinate's median, O(n)."""
+    return self.bijector.forward(self.distribution.mean())
+
+  @property
   def loc(self) -> tf.Tensor:
     return self.distribution.loc
 
@@ -72,9 +87,13 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
   def _sample_control_dependencies(self, x):
     if not self.validate_args:
       return []
+    low = 0.0 - self._alpha / (1 - 2 * self._alpha)  # 0.0 - 0.0 is +0.0, printed "0"
+    high = (1 - self._alpha) / (1 - 2 * self._alpha)
+    support = f"({low:g}, {high:g})"
     return [
         tf.debugging.assert_all_finite(x, message="MultivariateLogitNormal: x has NaN or Inf entries"),
-        tf.debugging.assert_positive(x, message="MultivariateLogitNormal: x must be in (0, 1), found x <= 0"),
-        tf.debugging.assert_less(x, tf.ones([], x.dtype),
-                                 message="MultivariateLogitNormal: x must be in (0, 1), found x >= 1"),
+        tf.debugging.assert_greater(x, tf.constant(low, x.dtype),
+                                    message=f"MultivariateLogitNormal: x must be in {support}, found x <= {low:g}"),
+        tf.debugging.assert_less(x, tf.constant(high, x.dtype),
+                                 message=f"MultivariateLogitNormal: x must be in {support}, found x >= {high:g}"),
     ]

@@ -1,0 +1,138 @@
+"""Runs end to end on tiny synthetic MNIST: resume after a kill, the CLI, export and serving in a fresh process."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tfggm import cli
+from tfggm.config import ConfigError, VAEConfig
+from tfggm.training import train
+
+SMALL = dict(hidden_units=(16,), batch_size=50, warmup_epochs=1)
+
+
+class _KillAt(tf_keras.callbacks.Callback):
+  """Simulates a kill at the start of an epoch, after the previous epoch was backed up."""
+
+  def __init__(self, epoch):
+    super().__init__()
+    self.epoch = epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == self.epoch:
+      self.weights = [w.copy() for w in self.model.get_weights()]
+      raise RuntimeError("simulated kill")
+
+
+class _FirstEpoch(tf_keras.callbacks.Callback):
+  def on_epoch_begin(self, epoch, logs=None):
+    if not hasattr(self, "epoch"):
+      self.epoch, self.weights = epoch, [w.copy() for w in self.model.get_weights()]
+
+
+def test_a_killed_run_resumes_at_the_next_epoch_with_the_same_weights(tiny_mnist, tmp_path):
+  config = VAEConfig(posterior="chain", epochs=3, **SMALL)
+  kill = _KillAt(1)
+  with pytest.raises(RuntimeError, match="simulated kill"):
+    train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(kill,))
+  first = _FirstEpoch()
+  summary = train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(first,))
+  assert first.epoch == 1
+  for restored, saved in zip(first.weights, kill.weights):
+    np.testing.assert_array_equal(restored, saved)
+  assert summary["epochs_run"] == 3
+  tracked = json.loads((tmp_path / "tracked_posterior.json").read_text())
+  assert sorted(tracked) == ["0", "1", "2"] and len(tracked["2"]["loc"]) == 16
+  assert not any((tmp_path / "backup").iterdir())  # the backup is deleted once training completed
+  assert any((tmp_path / "logs" / "extras").iterdir())
+
+
+def test_a_run_directory_with_another_configuration_is_refused(tiny_mnist, tmp_path):
+  train(VAEConfig(posterior="diagonal", epochs=1, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0)
+  with pytest.raises(ConfigError, match="different configuration.*posterior"):
+    train(VAEConfig(posterior="chain", epochs=1, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0)
+
+
+def _tfggm(*args):
+  return cli.main([str(a) for a in args])
+
+
+def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
+  run = tmp_path / "run"
+  small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1"]
+  assert _tfggm("train", run, "--data-dir", tiny_mnist, "--posterior", "extended_grid", "--epochs", 2,
+                "--verbose", 0, *small) == 0
+  out = capsys.readouterr().out
+  assert "TensorBoard logs" in out and "best validation ELBO" in out
+  assert _tfggm("evaluate", run, "--data-dir", tiny_mnist, "--num-samples", 20, "--chunk-size", 7) == 0
+  report = json.loads((run / "evaluation.json").read_text())
+  assert report["test_log_likelihood"]["num_examples"] == 40
+  assert report["test_log_likelihood"]["mean"] >= report["test_elbo"]["mean"] - 3 * report["test_elbo"]["stderr"]
+  assert _tfggm("sample", run, "--num", 6) == 0 and (run / "samples.png").stat().st_size > 0
+  for version in (1, 2):
+    assert _tfggm("export", run, "--to", tmp_path / "models" / "mnist") == 0
+    assert (tmp_path / "models" / "mnist" / str(version) / "saved_model.pb").exists()
+  capsys.readouterr()
+  _serve_in_fresh_process(tmp_path / "models" / "mnist" / "1", bandwidth=5)
+
+
+def _serve_in_fresh_process(path, bandwidth):
+  """Loads the SavedModel with plain TensorFlow in a process that never imports tfggm or TFP."""
+  script = textwrap.dedent(f"""
+      import json, sys
+      import numpy as np
+      import tensorflow as tf
+      model = tf.saved_model.load({str(path)!r})
+      serve = model.signatures["serving_default"]
+      out = serve(images=tf.constant(np.full((3, 784), 0.5, np.float32)))
+      decoded = model.signatures["decode"](z=out["loc"])
+      sampled = model.signatures["sample"](num_images=tf.constant(4))
+      try:
+        serve(images=tf.constant(np.full((1, 784), np.nan, np.float32)))
+        nan_error = None
+      except tf.errors.InvalidArgumentError as error:
+        nan_error = error.message
+      print(json.dumps(dict(
+          signatures=sorted(model.signatures),
+          shapes={{k: v.shape.as_list() for k, v in {{**out, **decoded, **sampled}}.items()}},
+          finite=bool(all(np.all(np.isfinite(v)) for v in out.values())),
+          nan_error=nan_error,
+          imported=sorted(m for m in sys.modules if m.startswith(("tfggm", "tensorflow_probability"))))))
+  """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["imported"] == []
+  assert report["signatures"] == ["decode", "sample", "serving_default"]
+  assert report["shapes"]["loc"] == [3, 16] and report["shapes"]["bands"] == [3, bandwidth + 1, 16]
+  assert report["shapes"]["sample"] == [3, 16] and report["shapes"]["log_prob"] == [3]
+  assert report["shapes"]["logits"] == [3, 784] and report["shapes"]["images"] == [4, 784]
+  assert report["finite"] and "NaN" in report["nan_error"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "{run}", "--posterior", "hexagon"], "unknown posterior"),
+    (["train", "{run}", "--data-dir", "{missing}"], "is not a directory"),
+    (["evaluate", "{missing}"], "not a run directory"),
+    (["export", "{missing}", "--to", "{run}"], "not a run directory"),
+])
+def test_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys, args, message):
+  filled = [a.format(run=tmp_path / "run", missing=tmp_path / "nowhere") for a in args]
+  assert cli.main(filled) == 2
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err
+
+
+def test_corrupt_data_file_is_a_user_error(tiny_mnist, tmp_path, capsys):
+  corrupt = tmp_path / "corrupt"
+  corrupt.mkdir()
+  for f in tiny_mnist.iterdir():
+    (corrupt / f.name).write_bytes(f.read_bytes()[: 40] if "train-images" in f.name else f.read_bytes())
+  assert cli.main(["train", str(tmp_path / "run"), "--data-dir", str(corrupt), "--epochs", "1"]) == 2
+  assert "train-images" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""Keras layers: a flat parameter tensor (a Dense output) -> a distribution, for posteriors and likelihoods."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfggm import parameterizations, stencils
+from tfggm.distributions import GaussianGraphicalModel, MultivariateLogitNormal
+
+tfd = tfp.distributions
+
+__all__ = ["GaussianGraphicalModelLayer", "MultivariateLogitNormalLayer", "IndependentBernoulliLayer"]
+
+_TENSOR_CONVERSIONS = {
+    "sample": tfd.Distribution.sample,
+    "mean": tfd.Distribution.mean,
+    "mode": tfd.Distribution.mode,
+}
+_PARAMETERIZATIONS = {
+    "factor": parameterizations.factor_bands_from_values,
+    "precision": parameterizations.factor_bands_from_precision_values,
+}
+
+
+class _DistributionLayer(tfp.layers.DistributionLambda):
+  """A DistributionLambda with an explicit JSON config instead of a pickled closure.
+
+  The output is a distribution that also acts as a tensor downstream, through
+  `convert_to_tensor_fn` ("sample", "mean" or "mode").
+  """
+
+  def __init__(self, convert_to_tensor_fn: str = "sample", **kwargs):
+    if convert_to_tensor_fn not in _TENSOR_CONVERSIONS:
+      raise ValueError(f"convert_to_tensor_fn must be one of {sorted(_TENSOR_CONVERSIONS)}; "
+                       f"got {convert_to_tensor_fn!r}.")
+    super().__init__(self._distribution, _TENSOR_CONVERSIONS[convert_to_tensor_fn], **kwargs)
+    self._convert_to_tensor_name = convert_to_tensor_fn
+
+  def _check_params(self, params: tf.Tensor, expected: int) -> tf.Tensor:
+    params = tf.convert_to_tensor(params)
+    if params.shape[-1] is not None and params.shape[-1] != expected:
+      raise ValueError(f"{type(self).__name__} '{self.name}' takes parameters [..., {expected}] "
+                       f"(params_size); got shape {params.shape}.")
+    return params
+
+  def _distribution(self, params):
+    raise NotImplementedError
+
+  def get_config(self) -> dict:
+    config = tf_keras.layers.Layer.get_config(self)
+    config["convert_to_tensor_fn"] = self._convert_to_tensor_name
+    return config
+
+  @classmethod
+  def from_config(cls, config: dict):
+    return cls(**config)  # Lambda.from_config would look for a pickled function
+
+
+class _StencilLayer(_DistributionLayer):
+  """Common part of the layers whose distribution is parameterized on a stencil."""
+
+  def __init__(self, stencil: stencils.Stencil | dict, parameterization: str = "factor",
+               diagonal_floor: float = 1e-3, validate_args: bool = False, **kwargs):
+    if isinstance(stencil, dict):
+      stencil = stencils.from_config(stencil)
+    if parameterization not in _PARAMETERIZATIONS:
+      raise ValueError(f"parameterization must be one of {sorted(_PARAMETERIZATIONS)}; "
+                       f"got {parameterization!r}.")
+    self._stencil = stencil
+    self._parameterization = parameterization
+    self._diagonal_floor = diagonal_floor
+    self._validate_args = validate_args
+    super().__init__(**kwargs)
+
+  @property
+  def stencil(self) -> stencils.Stencil:
+    return self._stencil
+
+  @staticmethod
+  def params_size(stencil: stencils.Stencil) -> int:
+    """n for the location plus one value per free entry of the stencil."""
+    return stencil.n + stencil.num_params
+
+  def _loc_and_bands(self, params: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    params = self._check_params(params, self.params_size(self._stencil))
+    n = self._stencil.n
+    bands = _PARAMETERIZATIONS[self._parameterization](self._stencil, params[..., n:],
+                                                      diagonal_floor=self._diagonal_floor)
+    return params[..., :n], bands
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    config.update(stencil=self._stencil.get_config(), parameterization=self._parameterization,
+                  diagonal_floor=self._diagonal_floor, validate_args=self._validate_args)
+    return config
+
+
+@tf_keras.saving.register_keras_serializable(package="tfggm")
+class GaussianGraphicalModelLayer(_StencilLayer):
+  """params [..., n + num_params] -> GaussianGraphicalModel on a stencil.
+
+  `params[..., :n]` is the mean; the rest feeds the parameterization:
+  "factor" (free entries of L, softplus diagonal + floor) or "precision"
+  (Gershgorin-dominant P, then banded Cholesky).
+
+  ```python
+  stencil = tfggm.stencils.extended_grid(4, 4)
+  encoder = tf_keras.Sequential([
+      tf_keras.layers.Dense(200, activation="elu"),
+      tf_keras.layers.Dense(GaussianGraphicalModelLayer.params_size(stencil)),
+      GaussianGraphicalModelLayer(stencil)])
+  q = encoder(x)  # a distribution over 16 latents; also a tensor (its sample)
+  ```
+  """
+
+  def _distribution(self, params):
+    loc, bands = self._loc_and_bands(params)
+    return GaussianGraphicalModel(loc, bands, validate_args=self._validate_args)
+
+
+@tf_keras.saving.register_keras_serializable(package="tfggm")
+class MultivariateLogitNormalLayer(_StencilLayer):
+  """params [..., n + num_params] -> MultivariateLogitNormal over pixels in [0, 1].
+
+  The Gaussian lives in logit space of the squashed pixels
+  x' = alpha + (1 - 2 alpha) x; `log_prob` scores the original x, Jacobian
+  included (see `tfggm.squash`).
+  """
+
+  def __init__(self, stencil: stencils.Stencil | dict, alpha: float = 0.01, **kwargs):
+    self._alpha = alpha
+    super().__init__(stencil, **kwargs)
+
+  def _distribution(self, params):
+    loc, bands = self._loc_and_bands(params)
+    return MultivariateLogitNormal(loc, bands, alpha=self._alpha, validate_args=self._validate_args)
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    config["alpha"] = self._alpha
+    return config
+
+
+@tf_keras.saving.register_keras_serializable(package="tfggm")
+class IndependentBernoulliLayer(_DistributionLayer):
+  """logits [..., event_size] -> independent Bernoulli pixels (binarized images)."""
+
+  def __init__(self, event_size: int, convert_to_tensor_fn: str = "mean", **kwargs):
+    self._event_size = event_size
+    super().__init__(convert_to_tensor_fn=convert_to_tensor_fn, **kwargs)
+
+  @staticmethod
+  def params_size(event_size: int) -> int:
+    return event_size
+
+  def _distribution(self, params):
+    logits = self._check_params(params, self._event_size)
+    return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=logits.dtype), reinterpreted_batch_ndims=1)
+
+  def get_config(self) -> dict:
+    config = super().get_config()
+    config["event_size"] = self._event_size
+    return config

@@ -1,0 +1,74 @@
+"""Trained run directories: load the model, evaluate it on the fixed test set."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from tfggm import data, evaluation
+from tfggm.config import ConfigError, VAEConfig
+from tfggm.training import BEST_WEIGHTS, load_data
+from tfggm.vae import VAE, build_vae
+
+__all__ = ["load_run", "evaluate_run", "active_units"]
+
+
+def load_run(run_dir: str | pathlib.Path, weights: str = BEST_WEIGHTS) -> tuple[VAEConfig, VAE]:
+  """The configuration and the trained model of a run directory."""
+  run_dir = pathlib.Path(run_dir)
+  config_path = run_dir / "config.json"
+  if not config_path.exists():
+    raise ConfigError(f"{run_dir} is not a run directory (no config.json); train one with `tfggm train`.")
+  config = VAEConfig.load(config_path)
+  weights_path = run_dir / weights
+  if not weights_path.exists():
+    raise ConfigError(f"{weights_path} does not exist; has the run finished an epoch?")
+  model = build_vae(config)
+  model(tf.zeros([1, 784]))
+  model.optimizer.build(model.trainable_variables)
+  model.load_weights(str(weights_path))
+  return config, model
+
+
+def active_units(model: VAE, images: np.ndarray, threshold: float = 0.01, batch_size: int = 500) -> int:
+  """Latent units u with Var_x(E_q[z_u | x]) > threshold (Burda et al., 2016)."""
+  means = np.concatenate([model.encoder(images[i:i + batch_size]).mean().numpy()
+                          for i in range(0, len(images), batch_size)])
+  return int(np.sum(np.var(means, axis=0) > threshold))
+
+
+def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_size: int = 500,
+                 max_test: int | None = None, data_dir: str | None = None,
+                 weights: str = BEST_WEIGHTS, seed: int = 0) -> dict:
+  """Test ELBO and importance-sampled log p(x) (K = num_samples) of a run, on the fixed test set.
+
+  Writes `evaluation.json` (the report) and `evaluation_per_example.npz` (the
+  per-image ELBO and log p(x), so rows can be compared pairwise on the same
+  images) into the run directory. For logit-normal runs the densities are of
+  the dequantized data in [0, 1]^784, also given in bits/dim.
+  """
+  run_dir = pathlib.Path(run_dir)
+  config, model = load_run(run_dir, weights)
+  test = load_data(config, data_dir).test[:max_test]
+  prior = model.prior()
+  arguments = dict(encode=model.encoder, log_likelihood=model.log_likelihood, prior=prior, images=test,
+                   seed=seed)
+  elbo = evaluation.elbo_per_example(**arguments, num_samples=1)
+  log_px = evaluation.importance_sampled_log_likelihood(**arguments, num_samples=num_samples,
+                                                        chunk_size=chunk_size)
+  report = dict(run_dir=str(run_dir), weights=weights, posterior=config.posterior, likelihood=config.likelihood,
+                num_importance_samples=num_samples, test_elbo=evaluation.summarize(elbo),
+                test_log_likelihood=evaluation.summarize(log_px),
+                active_units=active_units(model, test), latent_dim=config.latent_dim)
+  if config.continuous:
+    report["bits_per_dim"] = dict(
+        elbo=float(data.nats_to_bits_per_dim(report["test_elbo"]["mean"])),
+        log_likelihood=float(data.nats_to_bits_per_dim(report["test_log_likelihood"]["mean"])),
+        log_likelihood_stderr=report["test_log_likelihood"]["stderr"] / (784 * math.log(2)))
+  (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+  np.savez(run_dir / "evaluation_per_example.npz", elbo=elbo, log_likelihood=log_px)
+  return report

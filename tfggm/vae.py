@@ -1,0 +1,162 @@
+"""The VAE: a tf_keras.Model over a functional encoder and decoder, trained on the ELBO or the IWAE bound."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras
+
+from tfggm.config import VAEConfig, likelihood_stencil, posterior_stencil
+from tfggm.layers import GaussianGraphicalModelLayer, IndependentBernoulliLayer, MultivariateLogitNormalLayer
+
+tfd = tfp.distributions
+
+__all__ = ["VAE", "build_encoder", "build_decoder", "build_vae"]
+
+NUM_PIXELS = 784
+
+
+@tf_keras.saving.register_keras_serializable(package="tfggm")
+class VAE(tf_keras.Model):
+  """A VAE with posterior q(z|x) = encoder(x), likelihood p(x|z) = decoder(z), prior N(0, I).
+
+  Objectives, per data point, with z_1..z_k ~ q(z|x):
+
+  ```none
+  ELBO   = mean_k log p(x|z_k) - KL(q(z|x) || p(z))          (KL exact, or mean_k log q - log p)
+  loss   = -(mean_k log p(x|z_k) - beta KL)                   (beta: KL warm-up, 0 -> 1)
+  IWAE_k = logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k      (objective="iwae")
+  ```
+
+  `fit`, `evaluate` track loss, elbo, kl and reconstruction (= mean_k log p(x|z_k));
+  `predict` and `call` return the posterior mean.
+  """
+
+  def __init__(self, encoder: tf_keras.Model, decoder: tf_keras.Model, latent_dim: int,
+               objective: str = "elbo", num_samples: int = 1, analytic_kl: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    if objective not in ("elbo", "iwae"):
+      raise ValueError(f"objective must be 'elbo' or 'iwae'; got {objective!r}.")
+    self.encoder = encoder
+    self.decoder = decoder
+    self.latent_dim = latent_dim
+    self.objective = objective
+    self.num_samples = num_samples
+    self.analytic_kl = analytic_kl
+    self.beta = tf.Variable(1.0, trainable=False, name="kl_weight")
+    self._trackers = [tf_keras.metrics.Mean(name) for name in ("loss", "elbo", "kl", "reconstruction")]
+
+  @property
+  def metrics(self):
+    return self._trackers
+
+  def prior(self, dtype=tf.float32) -> tfd.Distribution:
+    return tfd.MultivariateNormalDiag(tf.zeros(self.latent_dim, dtype))
+
+  def call(self, images, training=False):
+    return self.encoder(images, training=training).mean()
+
+  def log_likelihood(self, images: tf.Tensor, z: tf.Tensor, training=False) -> tf.Tensor:
+    """log p(x|z) for z [S, B, n] and images [B, D] -> [S, B]; the decoder sees S B rows."""
+    num_samples, batch = tf.shape(z)[0], tf.shape(z)[1]
+    likelihood = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
+    repeated = tf.reshape(tf.repeat(images[tf.newaxis], num_samples, axis=0), [num_samples * batch, -1])
+    return tf.reshape(likelihood.log_prob(repeated), [num_samples, batch])
+
+  def objective_terms(self, images: tf.Tensor, training=False) -> dict:
+    """loss (scalar) and per-batch means of elbo, kl, reconstruction."""
+    posterior = self.encoder(images, training=training)
+    z = posterior.sample(self.num_samples)
+    log_likelihood = self.log_likelihood(images, z, training=training)
+    prior = self.prior(z.dtype)
+    if self.analytic_kl:
+      kl = tfd.kl_divergence(posterior, prior)
+    else:
+      kl = tf.reduce_mean(posterior.log_prob(z) - prior.log_prob(z), axis=0)
+    reconstruction = tf.reduce_mean(log_likelihood, axis=0)
+    if self.objective == "iwae":
+      log_weights = log_likelihood + prior.log_prob(z) - posterior.log_prob(z)
+      bound = tf.reduce_logsumexp(log_weights, axis=0) - math.log(self.num_samples)
+      loss = -tf.reduce_mean(bound)
+    else:
+      loss = -tf.reduce_mean(reconstruction - tf.cast(self.beta, kl.dtype) * kl)
+    return dict(loss=loss, elbo=tf.reduce_mean(reconstruction - kl), kl=tf.reduce_mean(kl),
+                reconstruction=tf.reduce_mean(reconstruction))
+
+  def _record(self, terms: dict) -> dict:
+    for tracker in self._trackers:
+      tracker.update_state(terms[tracker.name])
+    return {tracker.name: tracker.result() for tracker in self._trackers}
+
+  def train_step(self, data):
+    images = data[0] if isinstance(data, tuple) else data
+    with tf.GradientTape() as tape:
+      terms = self.objective_terms(images, training=True)
+    gradients = tape.gradient(terms["loss"], self.trainable_variables)
+    self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+    return self._record(terms)
+
+  def test_step(self, data):
+    images = data[0] if isinstance(data, tuple) else data
+    return self._record(self.objective_terms(images, training=False))
+
+  def get_config(self) -> dict:
+    return dict(name=self.name,
+                encoder=tf_keras.saving.serialize_keras_object(self.encoder),
+                decoder=tf_keras.saving.serialize_keras_object(self.decoder),
+                latent_dim=self.latent_dim, objective=self.objective,
+                num_samples=self.num_samples, analytic_kl=self.analytic_kl)
+
+  @classmethod
+  def from_config(cls, config: dict):
+    config = dict(config)
+    for key in ("encoder", "decoder"):
+      config[key] = tf_keras.saving.deserialize_keras_object(config[key])
+    return cls(**config)
+
+
+def _hidden_stack(inputs, config: VAEConfig):
+  hidden = inputs
+  for units in config.hidden_units:
+    hidden = tf_keras.layers.Dense(units, activation=config.activation)(hidden)
+  return hidden
+
+
+def build_encoder(config: VAEConfig) -> tf_keras.Model:
+  """images [B, 784] -> Dense stack -> q(z|x), a GaussianGraphicalModel on the posterior's stencil."""
+  stencil, parameterization = posterior_stencil(config.posterior, config.latent_dim)
+  images = tf_keras.Input([NUM_PIXELS], name="images")
+  params = tf_keras.layers.Dense(GaussianGraphicalModelLayer.params_size(stencil), name="posterior_params")(
+      _hidden_stack(images, config))
+  posterior = GaussianGraphicalModelLayer(stencil, parameterization, diagonal_floor=config.diagonal_floor,
+                                          name="posterior")(params)
+  return tf_keras.Model(images, posterior, name="encoder")
+
+
+def build_decoder(config: VAEConfig) -> tf_keras.Model:
+  """z [B, n] -> Dense stack -> p(x|z): independent Bernoulli, or a logit-normal over the pixel grid."""
+  stencil = likelihood_stencil(config.likelihood)
+  z = tf_keras.Input([config.latent_dim], name="z")
+  hidden = _hidden_stack(z, config)
+  if stencil is None:
+    logits = tf_keras.layers.Dense(NUM_PIXELS, name="likelihood_params")(hidden)
+    likelihood = IndependentBernoulliLayer(NUM_PIXELS, name="likelihood")(logits)
+  else:
+    params = tf_keras.layers.Dense(MultivariateLogitNormalLayer.params_size(stencil),
+                                   name="likelihood_params")(hidden)
+    likelihood = MultivariateLogitNormalLayer(stencil, alpha=config.alpha, diagonal_floor=config.diagonal_floor,
+                                              name="likelihood")(params)
+  return tf_keras.Model(z, likelihood, name="decoder")
+
+
+def build_vae(config: VAEConfig) -> VAE:
+  """The VAE of a configuration, compiled with Adam (and global-norm clipping when set)."""
+  tf_keras.utils.set_random_seed(config.seed)
+  model = VAE(build_encoder(config), build_decoder(config), config.latent_dim, objective=config.objective,
+              num_samples=config.num_samples, analytic_kl=config.analytic_kl, name="vae")
+  model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate,
+                                                   global_clipnorm=config.clip_global_norm))
+  model.beta.assign(0.0 if config.warmup_epochs else 1.0)
+  return model
