@@ -64,8 +64,7 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
     return band_ops.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y)
 
   def _forward_log_det_jacobian(self, x):
-    diagonal = tf.convert_to_tensor(self._precision_factor_bands)[..., 0, :]
-    return -tf.reduce_sum(tf.math.log(diagonal), axis=-1)
+    return -band_ops.log_determinant(self._precision_factor_bands)
 
   def _parameter_control_dependencies(self, is_init):
     if not self.validate_args:

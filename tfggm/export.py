@@ -11,7 +11,8 @@ import tf_keras
 
 from tfggm.callbacks import decode_images
 from tfggm.layers import IndependentBernoulliLayer
-from tfggm.vae import NUM_PIXELS, VAE
+from tfggm.data import NUM_PIXELS
+from tfggm.vae import VAE
 
 __all__ = ["ServingModule", "export_model", "next_version_dir"]
 

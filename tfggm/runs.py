@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfggm import data, evaluation
 from tfggm.config import ConfigError, VAEConfig
-from tfggm.training import BEST_WEIGHTS, load_data
+from tfggm.training import BEST_WEIGHTS, RunData
 from tfggm.vae import VAE, build_vae
 
 __all__ = ["load_run", "evaluate_run", "active_units"]
@@ -28,7 +28,7 @@ def load_run(run_dir: str | pathlib.Path, weights: str = BEST_WEIGHTS) -> tuple[
   if not weights_path.exists():
     raise ConfigError(f"{weights_path} does not exist; has the run finished an epoch?")
   model = build_vae(config)
-  model(tf.zeros([1, 784]))
+  model(tf.zeros([1, data.NUM_PIXELS]))
   model.optimizer.build(model.trainable_variables)
   model.load_weights(str(weights_path))
   return config, model
@@ -53,7 +53,7 @@ def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_siz
   """
   run_dir = pathlib.Path(run_dir)
   config, model = load_run(run_dir, weights)
-  test = load_data(config, data_dir).test[:max_test]
+  test = RunData(config, data_dir).test[:max_test]
   prior = model.prior()
   arguments = dict(encode=model.encoder, log_likelihood=model.log_likelihood, prior=prior, images=test,
                    seed=seed)
@@ -68,7 +68,7 @@ def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_siz
     report["bits_per_dim"] = dict(
         elbo=float(data.nats_to_bits_per_dim(report["test_elbo"]["mean"])),
         log_likelihood=float(data.nats_to_bits_per_dim(report["test_log_likelihood"]["mean"])),
-        log_likelihood_stderr=report["test_log_likelihood"]["stderr"] / (784 * math.log(2)))
+        log_likelihood_stderr=report["test_log_likelihood"]["stderr"] / (data.NUM_PIXELS * math.log(2)))
   (run_dir / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
   np.savez(run_dir / "evaluation_per_example.npz", elbo=elbo, log_likelihood=log_px)
   return report

@@ -15,7 +15,7 @@ from tfggm.callbacks import EpochTimer, KLWarmup, PosteriorTracker, TensorBoardE
 from tfggm.config import ConfigError, VAEConfig
 from tfggm.vae import build_vae
 
-__all__ = ["RunData", "load_data", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
+__all__ = ["RunData", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
 
 BEST_WEIGHTS = "best.weights.h5"
 FINAL_WEIGHTS = "final.weights.h5"
@@ -47,10 +47,6 @@ class RunData:
 
   def validation_dataset(self) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(self.validation).batch(500).prefetch(tf.data.AUTOTUNE)
-
-
-def load_data(config: VAEConfig, data_dir: str | None = None) -> RunData:
-  return RunData(config, data_dir)
 
 
 def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig) -> None:
@@ -89,9 +85,9 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   """
   run_dir = pathlib.Path(run_dir)
   _claim_run_dir(run_dir, config)
-  run_data = load_data(config, data_dir)
+  run_data = RunData(config, data_dir)
   model = build_vae(config)
-  model(tf.zeros([1, 784]))
+  model(tf.zeros([1, data.NUM_PIXELS]))
   history_csv = run_dir / "history.csv"
   checkpoint = tf_keras.callbacks.ModelCheckpoint(
       str(run_dir / BEST_WEIGHTS), monitor="val_elbo", mode="max", save_best_only=True,

@@ -9,13 +9,12 @@ import tensorflow_probability as tfp
 import tf_keras
 
 from tfggm.config import VAEConfig, likelihood_stencil, posterior_stencil
+from tfggm.data import NUM_PIXELS
 from tfggm.layers import GaussianGraphicalModelLayer, IndependentBernoulliLayer, MultivariateLogitNormalLayer
 
 tfd = tfp.distributions
 
 __all__ = ["VAE", "build_encoder", "build_decoder", "build_vae"]
-
-NUM_PIXELS = 784
 
 
 @tf_keras.saving.register_keras_serializable(package="tfggm")

@@ -102,11 +102,6 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
     """Broadcasts an [..., n] tensor to batch_shape + [n]."""
     return tf.broadcast_to(x, tf.concat([self.batch_shape_tensor(), [self._n]], axis=0))
 
-  def _log_diagonal_sum(self) -> tf.Tensor:
-    """sum_i log L_ii, broadcast to the batch shape."""
-    bands = tf.convert_to_tensor(self._precision_factor_bands)
-    return tf.broadcast_to(tf.reduce_sum(tf.math.log(bands[..., 0, :]), axis=-1),
-                           self.batch_shape_tensor())
 
   def _mean(self):
     return self._event_shape_full(tf.convert_to_tensor(self._loc))
@@ -115,7 +110,8 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   def _entropy(self):
     constant = 0.5 * self._n * (1.0 + np.log(2.0 * np.pi))
-    return tf.constant(constant, self.dtype) - self._log_diagonal_sum()
+    log_det = linalg.log_determinant(self._precision_factor_bands)
+    return tf.broadcast_to(tf.constant(constant, self.dtype) - log_det, self.batch_shape_tensor())
 
   def covariance_bands(self, bandwidth: int | None = None) -> tf.Tensor:
     """Sigma within a band, compact layout [..., b' + 1, n], by selected inversion: O(n b'^2)."""

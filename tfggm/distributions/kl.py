@@ -13,10 +13,6 @@ tfd = tfp.distributions
 __all__ = ["kl_to_diagonal_normal", "kl_between_ggms", "hutchinson_trace"]
 
 
-def _log_diagonal_sum(q: GaussianGraphicalModel) -> tf.Tensor:
-  return tf.reduce_sum(tf.math.log(tf.convert_to_tensor(q.precision_factor_bands)[..., 0, :]), -1)
-
-
 def hutchinson_trace(q: GaussianGraphicalModel, weights: tf.Tensor, num_probes: int,
                      seed=None) -> tf.Tensor:
   """Unbiased estimate of tr(diag(w) Sigma) with `num_probes` Rademacher probes.
@@ -70,7 +66,7 @@ def kl_to_diagonal_normal(q: GaussianGraphicalModel, loc: tf.Tensor, scale: tf.T
   mahalanobis = tf.reduce_sum(tf.square(q.mean() - loc) * inverse_variance, axis=-1)
   n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
   return (0.5 * (trace + mahalanobis - n) + tf.reduce_sum(tf.math.log(tf.abs(scale)), axis=-1)
-          + _log_diagonal_sum(q))
+          + linalg.log_determinant(q.precision_factor_bands))
 
 
 def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.Tensor:
@@ -95,7 +91,7 @@ def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.
   trace = 2.0 * tf.reduce_sum(products, axis=-1) - products[..., 0]
   quadratic = tf.reduce_sum(tf.square(linalg.matvec_transpose(p_bands, p.mean() - q.mean())), -1)
   n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
-  return 0.5 * (trace + quadratic - n) + _log_diagonal_sum(q) - _log_diagonal_sum(p)
+  return 0.5 * (trace + quadratic - n) + linalg.log_determinant(q_bands) - linalg.log_determinant(p_bands)
 
 
 @tfd.RegisterKL(GaussianGraphicalModel, tfd.MultivariateNormalDiag)

@@ -1,7 +1,7 @@
 """Banded kernels on the compact band layout `bands[..., k, i] = L[i, i - k]`."""
 
-from tfggm.linalg.bands import (bands_from_dense, dense_from_bands, matvec, matvec_transpose,
-                                shift_rows, zero_outside_matrix)
+from tfggm.linalg.bands import (bands_from_dense, dense_from_bands, log_determinant, matvec,
+                                matvec_transpose, shift_rows, zero_outside_matrix)
 from tfggm.linalg.cholesky import cholesky, outer_product
 from tfggm.linalg.selected_inversion import selected_inversion
 from tfggm.linalg.solve import solve, solve_vec
@@ -10,6 +10,7 @@ __all__ = [
     "bands_from_dense",
     "cholesky",
     "dense_from_bands",
+    "log_determinant",
     "matvec",
     "matvec_transpose",
     "outer_product",

@@ -13,6 +13,7 @@ __all__ = [
     "dense_from_bands",
     "bands_from_dense",
     "zero_outside_matrix",
+    "log_determinant",
 ]
 
 
@@ -73,6 +74,12 @@ def matvec_transpose(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
   x = tf.convert_to_tensor(x, dtype=bands.dtype)
   check_bands(bands)
   return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1), axis=-2)
+
+
+def log_determinant(bands: tf.Tensor) -> tf.Tensor:
+  """log det L = sum_i log L_ii for bands [..., b + 1, n] (positive diagonal): O(n)."""
+  bands = tf.convert_to_tensor(bands)
+  return tf.reduce_sum(tf.math.log(bands[..., 0, :]), axis=-1)
 
 
 def zero_outside_matrix(bands: tf.Tensor) -> tf.Tensor:
