@@ -126,3 +126,14 @@ def test_kernels_compile_with_xla_and_agree():
 def test_bands_need_static_shape():
   with pytest.raises(ValueError, match="static shape"):
     linalg.matvec(tf.zeros([3]), tf.zeros([3]))
+
+
+def test_solve_gradient_reduces_broadcast_batch_dims():
+  bands = random_factor(11, 3, (3,))
+  inside = (np.arange(11)[None, :] >= np.arange(4)[:, None]).astype(float)
+  rhs = np.random.default_rng(6).normal(size=(2, 1, 11, 2))
+  for transpose in (False, True):
+    assert_gradients_match(lambda l, x: linalg.solve(l * inside, x, transpose=transpose, block_size=4),
+                           [bands, rhs])
+    assert_gradients_match(lambda l, x: linalg.solve_vec(l * inside, x, transpose=transpose),
+                           [bands, rhs[..., 0]])

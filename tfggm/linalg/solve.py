@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
-from tfggm.linalg.blocks import block_size_for, move_axis, to_blocks
+from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, to_blocks
 
 __all__ = ["solve", "solve_vec"]
 
@@ -18,9 +18,35 @@ def _broadcast_batch(*tensors: tf.Tensor) -> tf.Tensor:
   return shape
 
 
+def _sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+  """Sums x over the dims along which `shape` was broadcast to x's shape (a gradient's reduction)."""
+  _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(x), s1=shape)
+  return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
+
+
+def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int, block: int) -> tf.Tensor:
+  """The band of rows @ columns^T: out[..., k, i] = sum_r rows[i, r] columns[i - k, r].
+
+  Blockwise, the products of block j of `rows` with blocks j and j - 1 of
+  `columns` hold every entry of the band (B >= b): O(n B r), never n x n.
+  """
+  n = int(rows.shape[-2])
+  num_blocks = -(-n // block)
+  pad = [[0, 0]] * (rows.shape.rank - 2) + [[0, num_blocks * block - n], [0, 0]]
+
+  def blocks(x):
+    x = tf.pad(x, pad)
+    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [num_blocks, block, tf.shape(x)[-1]]], 0))
+
+  row_blocks, column_blocks = blocks(rows), blocks(columns)
+  previous = tf.concat([tf.zeros_like(column_blocks[..., :1, :, :]), column_blocks[..., :-1, :, :]], -3)
+  return from_blocks(tf.matmul(row_blocks, column_blocks, adjoint_b=True),
+                     tf.matmul(row_blocks, previous, adjoint_b=True), n, bandwidth)
+
+
 def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
           block_size: int | None = None) -> tf.Tensor:
-  """Solves L y = rhs (or L^T y = rhs) for banded lower-triangular L.
+  """Solves L y = rhs (or L^T y = rhs) for banded lower-triangular L, with a banded gradient.
 
   Blocked substitution with blocks of size B >= b (see `tfggm.linalg.blocks`):
 
@@ -30,7 +56,17 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   ```
 
   m = ceil(n / B) sequential steps, each a dense B x B triangular solve:
-  O(n B r) flops for r right-hand sides. XLA-compilable; differentiable.
+  O(n B r) flops for r right-hand sides. XLA-compilable.
+
+  The gradient is one more solve and a banded outer product, O(n B r), instead
+  of differentiating through the m steps. With w the solve of the other
+  orientation applied to the incoming gradient g (w = L^{-T} g for L y = x,
+  w = L^{-1} g for L^T y = x):
+
+  ```none
+  L y = x:     dx = w,  dL[i, i-k] = -w_i y_{i-k}
+  L^T y = x:   dx = w,  dL[i, i-k] = -y_i w_{i-k}
+  ```
 
   Args:
     bands: compact bands of L, [..., b + 1, n].
@@ -45,6 +81,25 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   rhs = tf.convert_to_tensor(rhs, dtype=bands.dtype)
   n, b = check_bands(bands)
   block = block_size_for(n, b, block_size)
+
+  @tf.custom_gradient
+  def solve_with_banded_gradient(bands, rhs):
+    y = _substitute(bands, rhs, transpose, block)
+
+    def gradient(dy):
+      w = _substitute(bands, dy, not transpose, block)
+      rows, columns = (y, w) if transpose else (w, y)
+      d_bands = -banded_outer_product(rows, columns, b, block)
+      return _sum_to_shape(d_bands, tf.shape(bands)), _sum_to_shape(w, tf.shape(rhs))
+
+    return y, gradient
+
+  return solve_with_banded_gradient(bands, rhs)
+
+
+def _substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -> tf.Tensor:
+  """Blocked substitution (the forward pass of `solve`)."""
+  n, _ = check_bands(bands)
   num_blocks = -(-n // block)
   diag_blocks, sub_blocks = to_blocks(bands, block)
   rhs = tf.pad(rhs, [[0, 0]] * (rhs.shape.rank - 2) + [[0, num_blocks * block - n], [0, 0]])
