@@ -81,3 +81,17 @@ def test_predict_returns_posterior_means():
 def test_bad_configurations_are_rejected(changes, message):
   with pytest.raises(ConfigError, match=message):
     VAEConfig(**changes)
+
+
+@pytest.mark.parametrize("bad,message", [(np.nan, "NaN"), (1.5, "pixel > 1"), (-0.1, "pixel < 0")])
+def test_bad_pixels_fail_the_step_with_a_clear_message(bad, message):
+  model = build_vae(VAEConfig(posterior="chain", hidden_units=(8,)))
+  images = (_blobs(4) > 0.5).astype(np.float32)
+  images[1, 10] = bad
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    model.fit(images, epochs=1, verbose=0)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"shape \[batch, 784\]"):
+    model.fit(np.zeros((4, 100), np.float32), epochs=1, verbose=0)  # retraced with width None
+  fresh = build_vae(VAEConfig(posterior="chain", hidden_units=(8,)))
+  with pytest.raises(ValueError, match=r"shape \[batch, 784\]; got \(None, 100\)"):
+    fresh.fit(np.zeros((4, 100), np.float32), epochs=1, verbose=0)

@@ -66,6 +66,7 @@ class VAE(tf_keras.Model):
 
   def objective_terms(self, images: tf.Tensor, training=False) -> dict:
     """loss (scalar) and per-batch means of elbo, kl, reconstruction."""
+    images = _checked_images(images, int(self.encoder.inputs[0].shape[-1]))
     posterior = self.encoder(images, training=training)
     z = posterior.sample(self.num_samples)
     log_likelihood = self.log_likelihood(images, z, training=training)
@@ -114,6 +115,23 @@ class VAE(tf_keras.Model):
     for key in ("encoder", "decoder"):
       config[key] = tf_keras.saving.deserialize_keras_object(config[key])
     return cls(**config)
+
+
+def _checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
+  """Fails with a clear message on a wrong width, NaN or pixels outside [0, 1] (instead of a NaN loss)."""
+  images = tf.convert_to_tensor(images)
+  if images.shape.rank != 2 or images.shape[-1] not in (None, num_pixels):
+    raise ValueError(f"VAE: images must have shape [batch, {num_pixels}]; got {images.shape}.")
+  with tf.control_dependencies([
+      tf.debugging.assert_equal(tf.shape(images)[-1], num_pixels,
+                                message=f"VAE: images must have shape [batch, {num_pixels}]"),
+      tf.debugging.assert_all_finite(images, "VAE: images contain NaN or Inf"),
+      tf.debugging.assert_greater_equal(images, tf.zeros([], images.dtype),
+                                        message="VAE: images must be in [0, 1]; found a pixel < 0"),
+      tf.debugging.assert_less_equal(images, tf.ones([], images.dtype),
+                                     message="VAE: images must be in [0, 1]; found a pixel > 1"),
+  ]):
+    return tf.identity(images)
 
 
 def _hidden_stack(inputs, config: VAEConfig):
