@@ -77,3 +77,8 @@ def test_bad_offsets_raise(shape, offsets, message):
 def test_wrong_number_of_values_names_the_shapes():
   with pytest.raises(ValueError, match=r"17 free values; got values of shape \(2, 16\)"):
     stencils.chain(9).bands_from_values(np.zeros((2, 16)))
+
+
+def test_bands_with_the_wrong_number_of_rows_name_the_shapes():
+  with pytest.raises(ValueError, match=r"\[\.\.\., 6, 16\].*got \(3, 4, 16\)"):
+    stencils.extended_grid(4, 4).values_from_bands(np.zeros((3, 4, 16)))

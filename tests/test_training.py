@@ -80,6 +80,11 @@ def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
     assert (tmp_path / "models" / "mnist" / str(version) / "saved_model.pb").exists()
   capsys.readouterr()
   _serve_in_fresh_process(tmp_path / "models" / "mnist" / "1", bandwidth=5)
+  listing = subprocess.run([sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--all",
+                            "--dir", str(tmp_path / "models" / "mnist" / "1")],
+                           capture_output=True, text=True, timeout=300, check=True).stdout
+  for signature in ("serving_default", "decode", "sample"):
+    assert f"signature_def['{signature}']" in listing
 
 
 def _serve_in_fresh_process(path, bandwidth):
