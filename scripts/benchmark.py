@@ -1,0 +1,274 @@
+"""Benchmark the banded kernels against TensorFlow's banded solve, dense Gaussians and the diagonal floor.
+
+    python scripts/benchmark.py [--quick] [--repeats 7] [--jit] [--out docs/results/benchmark]
+
+Every implementation is measured side by side in the same run, as the median of
+`--repeats` timed calls of a `tf.function` (after two warm-up calls), with the
+peak resident memory of each call (Linux VmHWM, reset before the call). Writes
+<out>.json, <out>.md (the tables, with ratios to ours) and <out>.png (log-log
+time and memory against n).
+
+Implementations of a GGM with precision factor L (bandwidth b):
+  tfggm        GaussianGraphicalModel (our kernels)
+  tf_banded    the same math with tf.linalg.banded_triangular_solve for the solve
+  dense_tril   tfd.MultivariateNormalTriL with a dense n x n triangular scale (same cost as any dense factor)
+  precision_linop  tfp.experimental MultivariateNormalPrecisionFactorLinearOperator with dense L
+  diagonal     tfd.MultivariateNormalDiag: the floor
+  memory_bound bytes of bands read + results written / this machine's measured copy bandwidth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import tfggm
+
+tfd = tfp.distributions
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OPERATIONS = ("sample", "log_prob", "sample_log_prob_grad", "kl", "variance", "cholesky")
+DENSE_LIMIT_BYTES = 2e9
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+def _status_kb(field: str) -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field):
+        return int(line.split()[1])
+  raise KeyError(field)
+
+
+def measured(call) -> tuple[float, float]:
+  """(median seconds, peak bytes above the RSS before the call) of a compiled call."""
+  call(), call()
+  seconds = []
+  for _ in range(ARGS.repeats):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), call())
+    seconds.append(time.perf_counter() - start)
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM to the current RSS
+  before = _status_kb("VmRSS:")
+  tf.nest.map_structure(lambda t: t.numpy(), call())
+  return statistics.median(seconds), (_status_kb("VmHWM:") - before) * 1024.0
+
+
+def copy_bandwidth() -> float:
+  """Bytes per second of a large in-memory copy (read + write counted)."""
+  x = np.ones(64 * 2**20 // 4, np.float32)
+  y = np.empty_like(x)
+  best = min(_time(lambda: np.copyto(y, x)) for _ in range(5))
+  return 2 * x.nbytes / best
+
+
+def _time(f) -> float:
+  start = time.perf_counter()
+  f()
+  return time.perf_counter() - start
+
+
+# --- implementations ----------------------------------------------------------------------------
+
+def random_factor(n: int, b: int, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """loc [batch, n] and a diagonally dominant banded L [batch, b + 1, n] (well conditioned at any n)."""
+  rng = np.random.default_rng(seed)
+  bands = (0.5 / max(b, 1)) * rng.uniform(-1, 1, size=(batch, b + 1, n)).astype(np.float32)
+  bands[:, 0] = rng.uniform(1.0, 2.0, size=(batch, n))
+  bands *= (np.arange(n)[None, :] >= np.arange(b + 1)[:, None])
+  return rng.normal(size=(batch, n)).astype(np.float32), bands
+
+
+def _tf_banded_sample(loc, bands, eps):
+  return loc + tf.linalg.banded_triangular_solve(bands, eps[..., tf.newaxis], lower=True, adjoint=True)[..., 0]
+
+
+def implementations(n: int, b: int, batch: int) -> dict:
+  """name -> {operation: callable(loc, bands, eps) or None}, skipping dense ones that would not fit."""
+  prior = tfd.MultivariateNormalDiag(tf.zeros(n))
+  ggm = lambda loc, bands: tfggm.GaussianGraphicalModel(loc, bands)
+  impls = {
+      "tfggm": dict(
+          sample=lambda loc, bands, eps: ggm(loc, bands).bijector.forward(eps),
+          log_prob=lambda loc, bands, eps: ggm(loc, bands).log_prob(eps),
+          kl=lambda loc, bands, eps: tfd.kl_divergence(ggm(loc, bands), prior),
+          variance=lambda loc, bands, eps: ggm(loc, bands).variance(),
+          cholesky=lambda loc, bands, eps: tfggm.linalg.cholesky(tfggm.linalg.outer_product(bands))),
+      "tf_banded": dict(
+          sample=_tf_banded_sample,
+          log_prob=lambda loc, bands, eps: ggm(loc, bands).log_prob(eps)),
+      "diagonal": dict(
+          sample=lambda loc, bands, eps: loc + eps / bands[:, 0],
+          log_prob=lambda loc, bands, eps: tfd.MultivariateNormalDiag(loc, 1 / bands[:, 0]).log_prob(eps),
+          kl=lambda loc, bands, eps: tfd.kl_divergence(tfd.MultivariateNormalDiag(loc, 1 / bands[:, 0]), prior),
+          variance=lambda loc, bands, eps: tfd.MultivariateNormalDiag(loc, 1 / bands[:, 0]).variance()),
+  }
+  if 4.0 * batch * n * n * 3 <= DENSE_LIMIT_BYTES:  # dense n x n factors, a product, a result
+    dense = lambda bands: tfggm.linalg.dense_from_bands(bands)
+    tril = lambda loc, bands: tfd.MultivariateNormalTriL(loc, dense(bands))
+    linop = lambda loc, bands: tfp.experimental.distributions.MultivariateNormalPrecisionFactorLinearOperator(
+        loc, precision_factor=tf.linalg.LinearOperatorLowerTriangular(dense(bands)))
+    impls["dense_tril"] = dict(
+        sample=lambda loc, bands, eps: loc + tf.linalg.matvec(dense(bands), eps),
+        log_prob=lambda loc, bands, eps: tril(loc, bands).log_prob(eps),
+        kl=lambda loc, bands, eps: tfd.kl_divergence(tril(loc, bands), prior),
+        variance=lambda loc, bands, eps: tril(loc, bands).variance(),
+        cholesky=lambda loc, bands, eps: tf.linalg.cholesky(tf.matmul(dense(bands), dense(bands), adjoint_b=True)))
+    impls["precision_linop"] = dict(
+        sample=lambda loc, bands, eps: loc + tf.linalg.triangular_solve(
+            dense(bands), eps[..., tf.newaxis], lower=True, adjoint=True)[..., 0],
+        log_prob=lambda loc, bands, eps: linop(loc, bands).log_prob(eps),
+        variance=lambda loc, bands, eps: linop(loc, bands).variance())
+  dense_fits = 4.0 * batch * n * n * 3 <= DENSE_LIMIT_BYTES
+  for name, ops in impls.items():
+    # tf.linalg.banded_triangular_solve's registered gradient forms a dense n x n product per matrix.
+    if "sample" in ops and "log_prob" in ops and (name != "tf_banded" or dense_fits):
+      ops["sample_log_prob_grad"] = _sample_log_prob_gradient(ops["sample"], ops["log_prob"])
+  return impls
+
+
+def _sample_log_prob_gradient(sample, log_prob):
+  """Gradient w.r.t. loc and bands of sum(sample) + sum(log_prob(sample)): the VAE's reparameterized path."""
+  def gradient(loc, bands, eps):
+    with tf.GradientTape() as tape:
+      tape.watch([loc, bands])
+      z = sample(loc, bands, eps)
+      value = tf.reduce_sum(z) + tf.reduce_sum(log_prob(loc, bands, z))
+    return tape.gradient(value, [loc, bands])
+  return gradient
+
+
+def memory_bound_seconds(operation: str, n: int, b: int, batch: int, bandwidth: float) -> float:
+  """The time to read the bands (and loc, eps) and write the result once: a floor for any kernel."""
+  reads = batch * n * (b + 1) + 2 * batch * n
+  writes = {"sample_log_prob_grad": batch * n * (b + 2), "cholesky": batch * n * (b + 1)}.get(operation, batch * n)
+  return 4.0 * (reads + writes) / bandwidth
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def shapes(quick: bool) -> list[tuple[int, int, int]]:
+  sizes = (16, 784, 4096) if quick else (16, 64, 784, 4096, 16384, 65536)
+  widths = (1, 28) if quick else (1, 4, 28, 64, 256)
+  out = []
+  for n in sizes:
+    for b in widths:
+      if b >= n:
+        continue
+      for batch in (1, 128):
+        while batch > 1 and 4.0 * batch * n * (b + 1) > 256e6:
+          batch //= 2  # keep the bands under 256 MB
+        if (n, b, batch) not in out:
+          out.append((n, b, batch))
+  return out
+
+
+def run(args) -> list[dict]:
+  bandwidth = copy_bandwidth()
+  print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s", flush=True)
+  records = []
+  for n, b, batch in shapes(args.quick):
+    loc, bands = (tf.constant(a) for a in random_factor(n, b, batch))
+    eps = tf.constant(np.random.default_rng(1).normal(size=(batch, n)).astype(np.float32))
+    for name, ops in implementations(n, b, batch).items():
+      for operation in args.operations:
+        if operation not in ops:
+          continue
+        call = tf.function(lambda f=ops[operation]: f(loc, bands, eps), jit_compile=args.jit)
+        try:
+          seconds, peak = measured(call)
+        except (tf.errors.ResourceExhaustedError, tf.errors.InvalidArgumentError, MemoryError) as error:
+          print(f"  {name} {operation} n={n} b={b} batch={batch}: failed ({type(error).__name__})")
+          continue
+        records.append(dict(implementation=name, operation=operation, n=n, b=b, batch=batch,
+                            seconds=seconds, peak_bytes=peak))
+        print(f"  {name:16s} {operation:22s} {1e3 * seconds:10.3f} ms  {peak / 1e6:8.1f} MB", flush=True)
+    for operation in args.operations:
+      records.append(dict(implementation="memory_bound", operation=operation, n=n, b=b, batch=batch,
+                          seconds=memory_bound_seconds(operation, n, b, batch, bandwidth), peak_bytes=None))
+    print(f"n={n} b={b} batch={batch} done", flush=True)
+  return records
+
+
+def tables(records: list[dict]) -> str:
+  """One markdown table per operation: time of each implementation and its ratio to ours."""
+  names = ["tfggm", "tf_banded", "dense_tril", "precision_linop", "diagonal", "memory_bound"]
+  lines = []
+  for operation in OPERATIONS:
+    rows = [r for r in records if r["operation"] == operation]
+    if not rows:
+      continue
+    lines += [f"\n### {operation}\n", "| n | b | batch | " + " | ".join(names) + " | ours peak MB |",
+              "|---" * (len(names) + 4) + "|"]
+    for key in sorted({(r["n"], r["b"], r["batch"]) for r in rows}):
+      by_name = {r["implementation"]: r for r in rows if (r["n"], r["b"], r["batch"]) == key}
+      ours = by_name.get("tfggm")
+      cells = []
+      for name in names:
+        if name not in by_name:
+          cells.append("—")
+        elif name == "tfggm" or ours is None:
+          cells.append(f"{1e3 * by_name[name]['seconds']:.3g} ms")
+        else:
+          cells.append(f"{1e3 * by_name[name]['seconds']:.3g} ms ({by_name[name]['seconds'] / ours['seconds']:.2g}×)")
+      peak = f"{ours['peak_bytes'] / 1e6:.0f}" if ours else "—"
+      lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + f" | {peak} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+  chosen = [r for r in records if r["operation"] == "sample_log_prob_grad" and r["b"] in (1, 28)]
+  for name in sorted({r["implementation"] for r in chosen}):
+    for b, style in ((1, "-"), (28, "--")):
+      points = sorted((r["n"], r["seconds"], r["peak_bytes"]) for r in chosen
+                      if r["implementation"] == name and r["b"] == b and r["batch"] == 1)
+      if points:
+        n, seconds, peak = zip(*points)
+        axes[0].loglog(n, seconds, style, marker="o", label=f"{name}, b={b}")
+        if name != "memory_bound":
+          axes[1].loglog(n, [max(p or 1, 1) for p in peak], style, marker="o", label=f"{name}, b={b}")
+  axes[0].set(xlabel="n", ylabel="seconds", title="sample + log_prob + gradient, batch 1")
+  axes[1].set(xlabel="n", ylabel="peak bytes above baseline", title="peak memory")
+  for axis in axes:
+    axis.grid(alpha=0.3, which="both")
+  axes[0].legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+  global ARGS
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument("--quick", action="store_true", help="a few shapes only")
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--jit", action="store_true", help="compile every call with XLA")
+  parser.add_argument("--operations", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
+  parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "results" / "benchmark")
+  ARGS = parser.parse_args()
+  records = run(ARGS)
+  ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+  meta = dict(command="python scripts/benchmark.py " + " ".join(os.sys.argv[1:]), cores=os.cpu_count(),
+              tensorflow=tf.__version__)
+  ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, records=records), indent=1) + "\n")
+  text = tables(records)
+  ARGS.out.with_suffix(".md").write_text(text)
+  plot(records, ARGS.out.with_suffix(".png"))
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
