@@ -141,3 +141,52 @@ def test_corrupt_data_file_is_a_user_error(tiny_mnist, tmp_path, capsys):
     (corrupt / f.name).write_bytes(f.read_bytes()[: 40] if "train-images" in f.name else f.read_bytes())
   assert cli.main(["train", str(tmp_path / "run"), "--data-dir", str(corrupt), "--epochs", "1"]) == 2
   assert "train-images" in capsys.readouterr().err
+
+
+class _PoisonWeights(tf_keras.callbacks.Callback):
+  """Makes the loss NaN in the second epoch, as a diverging run would."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == 1:
+      weights = self.model.get_weights()
+      weights[0][:] = np.nan
+      self.model.set_weights(weights)
+
+
+def test_a_completed_run_is_not_trained_again(tiny_mnist, tmp_path):
+  config = VAEConfig(posterior="chain", epochs=2, **SMALL)
+  summary = train(config, tmp_path, data_dir=tiny_mnist, verbose=0)
+  history = (tmp_path / "history.csv").read_text()
+  first = _FirstEpoch()
+  assert train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(first,)) == summary
+  assert not hasattr(first, "epoch") and (tmp_path / "history.csv").read_text() == history
+
+
+def test_a_diverging_run_stops_with_an_error_and_keeps_its_best_checkpoint(tiny_mnist, tmp_path):
+  from tfggm.training import TrainingDiverged
+  with pytest.raises(TrainingDiverged, match="NaN in epoch 2"):
+    train(VAEConfig(posterior="diagonal", epochs=3, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0,
+          callbacks=(_PoisonWeights(),))
+  assert (tmp_path / "best.weights.h5").exists() and not (tmp_path / "final.weights.h5").exists()
+
+
+def test_bad_data_leaves_the_run_directory_unclaimed(tmp_path):
+  with pytest.raises(Exception, match="is not a directory"):
+    train(VAEConfig(epochs=1, **SMALL), tmp_path / "run", data_dir=tmp_path / "nowhere", verbose=0)
+  assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("args", [["sample", "run", "--num", "0"], ["evaluate", "run", "--num-samples", "0"],
+                                  ["train", "run", "--latent-dim", "-1"], ["evaluate", "run", "--max-test", "-5"]])
+def test_non_positive_counts_are_usage_errors(args, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(args)
+  assert exit_info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+def test_export_to_a_file_is_a_user_error(tiny_mnist, tmp_path, capsys):
+  run = tmp_path / "run"
+  train(VAEConfig(posterior="diagonal", epochs=1, **SMALL), run, data_dir=tiny_mnist, verbose=0)
+  (tmp_path / "a_file").write_text("x")
+  assert cli.main(["export", str(run), "--to", str(tmp_path / "a_file")]) == 2
+  assert "Traceback" not in capsys.readouterr().err

@@ -77,6 +77,8 @@ def test_predict_returns_posterior_means():
     (dict(objective="vimco"), "objective"),
     (dict(alpha=0.7), "alpha"),
     (dict(batch_size=0), "batch_size"),
+    (dict(latent_dim=0), "latent_dim"),
+    (dict(clip_global_norm=-1.0), "clip_global_norm"),
 ])
 def test_bad_configurations_are_rejected(changes, message):
   with pytest.raises(ConfigError, match=message):

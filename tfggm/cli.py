@@ -11,16 +11,24 @@ import sys
 __all__ = ["main"]
 
 
+def _positive(text: str) -> int:
+  """argparse type: an integer >= 1 (a bad value is a usage error, exit 2)."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+  return value
+
+
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
   from tfggm.config import LIKELIHOODS, POSTERIORS, VAEConfig
   defaults = VAEConfig()
   parser.add_argument("--posterior", default=defaults.posterior, help=f"one of {', '.join(POSTERIORS)}")
   parser.add_argument("--likelihood", default=defaults.likelihood, choices=LIKELIHOODS)
-  parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
+  parser.add_argument("--latent-dim", type=_positive, default=defaults.latent_dim)
   parser.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units))
   parser.add_argument("--activation", default=defaults.activation)
   parser.add_argument("--objective", choices=["elbo", "iwae"], default=defaults.objective)
-  parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
+  parser.add_argument("--num-samples", type=_positive, default=defaults.num_samples,
                       help="z samples per data point (k of IWAE)")
   parser.add_argument("--monte-carlo-kl", action="store_true", help="Monte Carlo KL instead of the exact KL")
   parser.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs,
@@ -28,12 +36,12 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
   parser.add_argument("--clip-global-norm", type=float, default=defaults.clip_global_norm,
                       help="gradient clipping by global norm (0: off)")
-  parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-  parser.add_argument("--epochs", type=int, default=defaults.epochs)
+  parser.add_argument("--batch-size", type=_positive, default=defaults.batch_size)
+  parser.add_argument("--epochs", type=_positive, default=defaults.epochs)
   parser.add_argument("--alpha", type=float, default=defaults.alpha,
                       help="logit-normal likelihoods: pixels squashed into (alpha, 1 - alpha)")
   parser.add_argument("--seed", type=int, default=defaults.seed)
-  parser.add_argument("--max-examples", type=int, default=None,
+  parser.add_argument("--max-examples", type=_positive, default=None,
                       help="use only this many images of each split (quick runs)")
 
 
@@ -112,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate = commands.add_parser("evaluate", formatter_class=formatter,
                                  help="test ELBO and importance-sampled log p(x) of a run")
   evaluate.add_argument("run_dir")
-  evaluate.add_argument("--num-samples", type=int, default=5000, help="K of the importance-sampled estimate")
-  evaluate.add_argument("--chunk-size", type=int, default=500, help="samples per chunk (bounds memory)")
-  evaluate.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test images")
+  evaluate.add_argument("--num-samples", type=_positive, default=5000,
+                        help="K of the importance-sampled estimate")
+  evaluate.add_argument("--chunk-size", type=_positive, default=500, help="samples per chunk (bounds memory)")
+  evaluate.add_argument("--max-test", type=_positive, default=None, help="evaluate on the first N test images")
   evaluate.add_argument("--weights", default="best.weights.h5", choices=["best.weights.h5", "final.weights.h5"])
   evaluate.add_argument("--data-dir", default=None, help=data_help)
   evaluate.set_defaults(handler=_evaluate)
@@ -128,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
   sample = commands.add_parser("sample", formatter_class=formatter, help="draw images from a run as a PNG grid")
   sample.add_argument("run_dir")
-  sample.add_argument("--num", type=int, default=64)
+  sample.add_argument("--num", type=_positive, default=64)
   sample.add_argument("--seed", type=int, default=0)
   sample.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
   sample.add_argument("--weights", default="best.weights.h5", choices=["best.weights.h5", "final.weights.h5"])
@@ -142,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   from tfggm.config import ConfigError
   from tfggm.data import DataError
+  from tfggm.training import TrainingDiverged
   try:
     args.handler(args)
-  except (ConfigError, DataError, FileNotFoundError) as error:
+  except (ConfigError, DataError, OSError) as error:
     print(f"tfggm {args.command}: error: {error}", file=sys.stderr)
     return 2
+  except TrainingDiverged as error:
+    print(f"tfggm {args.command}: {error}", file=sys.stderr)
+    return 1
   except KeyboardInterrupt:
     print(f"tfggm {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
     return 130

@@ -92,8 +92,6 @@ class VAEConfig:
   max_examples: int | None = None    # truncate every split (quick runs, tests)
 
   def __post_init__(self):
-    posterior_stencil(self.posterior, self.latent_dim)
-    likelihood_stencil(self.likelihood)
     checks = [
         (self.objective in ("elbo", "iwae"), f"objective must be 'elbo' or 'iwae'; got {self.objective!r}"),
         (self.latent_dim >= 1, f"latent_dim must be >= 1; got {self.latent_dim}"),
@@ -102,12 +100,16 @@ class VAEConfig:
         (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
         (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
         (self.learning_rate > 0, f"learning_rate must be > 0; got {self.learning_rate}"),
+        (self.clip_global_norm is None or self.clip_global_norm > 0,
+         f"clip_global_norm must be > 0 (or None: no clipping); got {self.clip_global_norm}"),
         (0 <= self.alpha < 0.5, f"alpha must be in [0, 0.5); got {self.alpha}"),
         (all(u >= 1 for u in self.hidden_units), f"hidden_units must be positive; got {self.hidden_units}"),
     ]
     for ok, message in checks:
       if not ok:
         raise ConfigError(message + ".")
+    posterior_stencil(self.posterior, self.latent_dim)
+    likelihood_stencil(self.likelihood)
     object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
 
   @property

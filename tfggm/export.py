@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 
 import tensorflow as tf
 import tf_keras
@@ -87,7 +88,12 @@ def export_model(model: VAE, base: str | os.PathLike) -> pathlib.Path:
   module = ServingModule(model)
   target = next_version_dir(base)
   temporary = base / f".tmp-{target.name}-{os.getpid()}"
-  tf.saved_model.save(module, str(temporary), signatures={
-      "serving_default": module.encode, "decode": module.decode, "sample": module.sample})
-  os.rename(temporary, target)  # fails rather than overwrite if target appeared meanwhile
+  try:
+    tf.saved_model.save(module, str(temporary), signatures={
+        "serving_default": module.encode, "decode": module.decode, "sample": module.sample})
+    if target.exists():
+      raise FileExistsError(f"{target} appeared during the export; run it again for the next version.")
+    os.rename(temporary, target)
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
   return target

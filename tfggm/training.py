@@ -15,13 +15,17 @@ from tfggm.callbacks import EpochTimer, KLWarmup, PosteriorTracker, TensorBoardE
 from tfggm.config import ConfigError, VAEConfig
 from tfggm.vae import build_vae
 
-__all__ = ["RunData", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
+__all__ = ["RunData", "TrainingDiverged", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
 
 BEST_WEIGHTS = "best.weights.h5"
 FINAL_WEIGHTS = "final.weights.h5"
 TEST_SEED = 0          # the test set is binarized / dequantized once, with this seed
 VALIDATION_SEED = 1
 TRACKED_TEST_INDEX = 0  # the test image whose posterior is saved every epoch
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN; the best checkpoint so far is kept."""
 
 
 class RunData:
@@ -70,6 +74,7 @@ def _best_so_far(history_csv: pathlib.Path) -> float | None:
     return None
   with history_csv.open() as f:
     values = [float(row["val_elbo"]) for row in csv.DictReader(f) if row.get("val_elbo")]
+  values = [v for v in values if np.isfinite(v)]
   return max(values) if values else None
 
 
@@ -81,11 +86,22 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   BackupAndRestore state (backup/, emptied when training completes),
   best.weights.h5 (best validation ELBO), final.weights.h5, history.csv,
   tracked_posterior.json and summary.json. Running the same command again after
-  an interruption resumes from the last completed epoch.
+  an interruption resumes from the last completed epoch; on a completed run it
+  returns the stored summary without training. `callbacks` run after the
+  library's own and before the backup, so an epoch is backed up only once all
+  its records are written.
+
+  Raises:
+    TrainingDiverged: the loss became NaN (training stopped; best.weights.h5 is
+      the best epoch before it).
   """
   run_dir = pathlib.Path(run_dir)
+  run_data = RunData(config, data_dir)  # before claiming the directory: bad data leaves no trace
   _claim_run_dir(run_dir, config)
-  run_data = RunData(config, data_dir)
+  summary_path = run_dir / "summary.json"
+  backup_dir = run_dir / "backup"
+  if summary_path.exists() and not (backup_dir.exists() and any(backup_dir.iterdir())):
+    return json.loads(summary_path.read_text())
   model = build_vae(config)
   model(tf.zeros([1, data.NUM_PIXELS]))
   history_csv = run_dir / "history.csv"
@@ -95,7 +111,6 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   callbacks = [
       EpochTimer(),
       KLWarmup(config.warmup_epochs),
-      tf_keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
       tf_keras.callbacks.TerminateOnNaN(),
       checkpoint,
       TensorBoardExtras(run_dir / "logs", run_data.validation[:8], seed=config.seed),
@@ -103,12 +118,17 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
       tf_keras.callbacks.TensorBoard(str(run_dir / "logs")),
       tf_keras.callbacks.CSVLogger(str(history_csv), append=True),
       *callbacks,
+      tf_keras.callbacks.BackupAndRestore(str(backup_dir)),
   ]
-  model.fit(run_data.train_dataset(), validation_data=run_data.validation_dataset(),
-            epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+  history = model.fit(run_data.train_dataset(), validation_data=run_data.validation_dataset(),
+                      epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+  losses = history.history.get("loss", [])
+  if losses and not np.isfinite(losses[-1]):
+    raise TrainingDiverged(f"the loss became NaN in epoch {history.epoch[-1] + 1}; training stopped. "
+                           f"{run_dir / BEST_WEIGHTS} holds the best epoch before it.")
   model.save_weights(str(run_dir / FINAL_WEIGHTS))
   summary = _summarize_history(history_csv)
-  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  summary_path.write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
 
@@ -117,7 +137,8 @@ def _summarize_history(history_csv: pathlib.Path) -> dict:
     rows = list(csv.DictReader(f))
   by_epoch = {int(row["epoch"]): row for row in rows}  # a resumed epoch keeps its last record
   epochs = [by_epoch[e] for e in sorted(by_epoch)]
-  best = max(epochs, key=lambda row: float(row["val_elbo"]))
+  finite = [row for row in epochs if np.isfinite(float(row["val_elbo"]))]
+  best = max(finite, key=lambda row: float(row["val_elbo"]))
   return dict(epochs_run=len(epochs), best_epoch=int(best["epoch"]) + 1,
               best_val_elbo=float(best["val_elbo"]), final_val_elbo=float(epochs[-1]["val_elbo"]),
               final_train_elbo=float(epochs[-1]["elbo"]),

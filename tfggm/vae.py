@@ -29,6 +29,9 @@ class VAE(tf_keras.Model):
   IWAE_k = logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k      (objective="iwae")
   ```
 
+  Under warm-up the IWAE weights become log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)),
+  the bound itself once beta = 1.
+
   `fit`, `evaluate` track loss, elbo, kl and reconstruction (= mean_k log p(x|z_k));
   `predict` and `call` return the posterior mean.
   """
@@ -77,7 +80,8 @@ class VAE(tf_keras.Model):
       kl = tf.reduce_mean(posterior.log_prob(z) - prior.log_prob(z), axis=0)
     reconstruction = tf.reduce_mean(log_likelihood, axis=0)
     if self.objective == "iwae":
-      log_weights = log_likelihood + prior.log_prob(z) - posterior.log_prob(z)
+      beta = tf.cast(self.beta, log_likelihood.dtype)
+      log_weights = log_likelihood + beta * (prior.log_prob(z) - posterior.log_prob(z))
       bound = tf.reduce_logsumexp(log_weights, axis=0) - math.log(self.num_samples)
       loss = -tf.reduce_mean(bound)
     else:
