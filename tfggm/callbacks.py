@@ -11,17 +11,22 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfggm.data import IMAGE_SHAPE
 from tfggm.layers import MultivariateLogitNormalLayer
 
-__all__ = ["KLWarmup", "EpochTimer", "TensorBoardExtras", "PosteriorTracker", "decode_images"]
+__all__ = ["KLWarmup", "EpochTimer", "TensorBoardExtras", "PosteriorTracker", "decode_images", "likelihood_images"]
 
 
-def decode_images(decoder: tf_keras.Model, z: tf.Tensor) -> tf.Tensor:
-  """What the decoder draws for z: Bernoulli means, or the logit-normal's median, in [0, 1]."""
-  likelihood = decoder(z)
+def likelihood_images(decoder: tf_keras.Model, likelihood) -> tf.Tensor:
+  """The images a decoder's output stands for: Bernoulli means, or the logit-normal's median, in [0, 1]."""
   if isinstance(decoder.layers[-1], MultivariateLogitNormalLayer):
     return tf.clip_by_value(likelihood.median(), 0.0, 1.0)
   return likelihood.mean()
+
+
+def decode_images(decoder: tf_keras.Model, z: tf.Tensor) -> tf.Tensor:
+  """What the decoder draws for z (see `likelihood_images`)."""
+  return likelihood_images(decoder, decoder(z))
 
 
 class KLWarmup(tf_keras.callbacks.Callback):
@@ -76,7 +81,7 @@ class TensorBoardExtras(tf_keras.callbacks.Callback):
     bands = tf.convert_to_tensor(posterior.precision_factor_bands)
     mask = self.model.encoder.layers[-1].stencil.mask
     with self.writer.as_default(step=epoch):
-      as_images = lambda x: tf.reshape(x, [-1, 28, 28, 1])
+      as_images = lambda x: tf.reshape(x, [-1, *IMAGE_SHAPE, 1])
       tf.summary.image("inputs", as_images(self.images), max_outputs=8)
       tf.summary.image("reconstructions", as_images(reconstructions), max_outputs=8)
       tf.summary.image("prior_samples", as_images(samples), max_outputs=self.num_samples)

@@ -85,10 +85,11 @@ def _sample(args) -> None:
   import matplotlib.pyplot as plt
   import tensorflow as tf
   from tfggm.callbacks import decode_images
+  from tfggm.data import IMAGE_SHAPE
   from tfggm.runs import load_run
   _, model = load_run(args.run_dir, weights=args.weights)
   z = tf.random.stateless_normal([args.num, model.latent_dim], seed=[args.seed, 0])
-  images = decode_images(model.decoder, z).numpy().reshape(-1, 28, 28)
+  images = decode_images(model.decoder, z).numpy().reshape(-1, *IMAGE_SHAPE)
   columns = int(min(args.num, 8))
   rows = -(-args.num // columns)
   figure, axes = plt.subplots(rows, columns, figsize=(columns, rows), squeeze=False)

@@ -9,13 +9,13 @@ import pathlib
 import re
 
 from tfggm import stencils
+from tfggm.data import IMAGE_SHAPE
 
 __all__ = ["ConfigError", "VAEConfig", "posterior_stencil", "likelihood_stencil", "POSTERIORS",
            "LIKELIHOODS"]
 
 POSTERIORS = ("diagonal", "chain", "grid", "gershgorin_grid", "extended_grid", "band<k>", "full")
 LIKELIHOODS = ("bernoulli", "logit_normal_diagonal", "logit_normal_grid", "logit_normal_extended_grid")
-IMAGE_SHAPE = (28, 28)
 
 
 class ConfigError(ValueError):
@@ -52,16 +52,15 @@ def posterior_stencil(name: str, latent_dim: int) -> tuple[stencils.Stencil, str
 
 def likelihood_stencil(name: str) -> stencils.Stencil | None:
   """The pixel stencil of a logit-normal likelihood; None for Bernoulli."""
-  shape = IMAGE_SHAPE
   choices = {
-      "bernoulli": None,
-      "logit_normal_diagonal": stencils.diagonal(shape[0] * shape[1]),
-      "logit_normal_grid": stencils.grid(*shape),
-      "logit_normal_extended_grid": stencils.extended_grid(*shape),
+      "bernoulli": lambda: None,
+      "logit_normal_diagonal": lambda: stencils.diagonal(IMAGE_SHAPE[0] * IMAGE_SHAPE[1]),
+      "logit_normal_grid": lambda: stencils.grid(*IMAGE_SHAPE),
+      "logit_normal_extended_grid": lambda: stencils.extended_grid(*IMAGE_SHAPE),
   }
   if name not in choices:
     raise ConfigError(f"unknown likelihood '{name}'; choose one of {', '.join(LIKELIHOODS)}.")
-  return choices[name]
+  return choices[name]()
 
 
 @dataclasses.dataclass(frozen=True)

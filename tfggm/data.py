@@ -15,6 +15,7 @@ import tensorflow as tf
 
 __all__ = [
     "DATA_DIR_ENV",
+    "IMAGE_SHAPE",
     "MNIST_FILES",
     "NUM_PIXELS",
     "DataError",
@@ -32,7 +33,8 @@ __all__ = [
     "split_validation",
 ]
 
-NUM_PIXELS = 28 * 28
+IMAGE_SHAPE = (28, 28)
+NUM_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 DATA_DIR_ENV = "TFGGM_DATA_DIR"
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

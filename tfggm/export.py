@@ -8,24 +8,13 @@ import re
 import shutil
 
 import tensorflow as tf
-import tf_keras
 
-from tfggm.callbacks import decode_images
-from tfggm.layers import IndependentBernoulliLayer
+from tfggm.callbacks import decode_images, likelihood_images
 from tfggm.data import NUM_PIXELS
-from tfggm.vae import VAE
+from tfggm.layers import IndependentBernoulliLayer
+from tfggm.vae import VAE, checked_images
 
 __all__ = ["ServingModule", "export_model", "next_version_dir"]
-
-
-def _check_images(images: tf.Tensor) -> tf.Tensor:
-  """Serving-side checks: a request with NaN or pixels outside [0, 1] fails with a clear message."""
-  with tf.control_dependencies([
-      tf.debugging.assert_all_finite(images, "images contain NaN or Inf"),
-      tf.debugging.assert_greater_equal(images, 0.0, message="images must be in [0, 1]: found a pixel < 0"),
-      tf.debugging.assert_less_equal(images, 1.0, message="images must be in [0, 1]: found a pixel > 1"),
-  ]):
-    return tf.identity(images)
 
 
 class ServingModule(tf.Module):
@@ -44,8 +33,6 @@ class ServingModule(tf.Module):
     self.encoder = model.encoder
     self.decoder = model.decoder
     self.latent_dim = model.latent_dim
-    self.likelihood_params = tf_keras.Model(model.decoder.input,
-                                            model.decoder.get_layer("likelihood_params").output)
     self.bernoulli = isinstance(model.decoder.layers[-1], IndependentBernoulliLayer)
     self.encode = tf.function(self._encode, input_signature=[tf.TensorSpec([None, NUM_PIXELS], tf.float32,
                                                                           name="images")])
@@ -54,17 +41,17 @@ class ServingModule(tf.Module):
     self.sample = tf.function(self._sample, input_signature=[tf.TensorSpec([], tf.int32, name="num_images")])
 
   def _encode(self, images):
-    posterior = self.encoder(_check_images(images))
+    posterior = self.encoder(checked_images(images, NUM_PIXELS))  # NaN or out-of-range pixels fail the request
     z = posterior.sample()
     return {"loc": posterior.mean(), "bands": tf.convert_to_tensor(posterior.precision_factor_bands),
             "sample": z, "log_prob": posterior.log_prob(z)}
 
   def _decode(self, z):
-    outputs = {"images": decode_images(self.decoder, z)}
+    likelihood = self.decoder(z)
+    outputs = {"images": likelihood_images(self.decoder, likelihood)}
     if self.bernoulli:
-      outputs["logits"] = self.likelihood_params(z)
+      outputs["logits"] = likelihood.tensor_distribution.distribution.logits
     else:
-      likelihood = self.decoder(z)
       outputs["loc"] = likelihood.gaussian.mean()
       outputs["bands"] = tf.convert_to_tensor(likelihood.precision_factor_bands)
     return outputs

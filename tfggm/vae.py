@@ -14,7 +14,7 @@ from tfggm.layers import GaussianGraphicalModelLayer, IndependentBernoulliLayer,
 
 tfd = tfp.distributions
 
-__all__ = ["VAE", "build_encoder", "build_decoder", "build_vae"]
+__all__ = ["VAE", "build_encoder", "build_decoder", "build_vae", "checked_images"]
 
 
 @tf_keras.saving.register_keras_serializable(package="tfggm")
@@ -69,7 +69,7 @@ class VAE(tf_keras.Model):
 
   def objective_terms(self, images: tf.Tensor, training=False) -> dict:
     """loss (scalar) and per-batch means of elbo, kl, reconstruction."""
-    images = _checked_images(images, int(self.encoder.inputs[0].shape[-1]))
+    images = checked_images(images, int(self.encoder.inputs[0].shape[-1]))
     posterior = self.encoder(images, training=training)
     z = posterior.sample(self.num_samples)
     log_likelihood = self.log_likelihood(images, z, training=training)
@@ -121,7 +121,7 @@ class VAE(tf_keras.Model):
     return cls(**config)
 
 
-def _checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
+def checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
   """Fails with a clear message on a wrong width, NaN or pixels outside [0, 1] (instead of a NaN loss)."""
   images = tf.convert_to_tensor(images)
   if images.shape.rank != 2 or images.shape[-1] not in (None, num_pixels):

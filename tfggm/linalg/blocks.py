@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
 
-__all__ = ["block_size_for", "to_blocks", "from_blocks", "move_axis"]
+__all__ = ["block_size_for", "to_blocks", "from_blocks", "row_blocks", "shift_blocks", "move_axis"]
 
 
 def block_size_for(n: int, bandwidth: int, block_size: int | None = None) -> int:
@@ -92,6 +92,22 @@ def from_blocks(diag_blocks: tf.Tensor, sub_blocks: tf.Tensor, n: int, bandwidth
   bands = tf.reshape(tf.transpose(per_block, perm),
                      tf.concat([batch, [bandwidth + 1, num_blocks * block]], 0))
   return bands[..., :n]
+
+
+def row_blocks(x: tf.Tensor, block: int) -> tf.Tensor:
+  """Rows of x [..., n, r], zero-padded to m B, as blocks [..., m, B, r]."""
+  n = int(x.shape[-2])
+  num_blocks = -(-n // block)
+  x = tf.pad(x, [[0, 0]] * (x.shape.rank - 2) + [[0, num_blocks * block - n], [0, 0]])
+  return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [num_blocks, block, tf.shape(x)[-1]]], 0))
+
+
+def shift_blocks(blocks: tf.Tensor, direction: int) -> tf.Tensor:
+  """Block j of the result is block j + 1 (direction > 0) or j - 1 (direction < 0) of [..., m, B, B'], zero-filled."""
+  zero = tf.zeros_like(blocks[..., :1, :, :])
+  if direction > 0:
+    return tf.concat([blocks[..., 1:, :, :], zero], -3)
+  return tf.concat([zero, blocks[..., :-1, :, :]], -3)
 
 
 def move_axis(x: tf.Tensor, source: int, destination: int) -> tf.Tensor:

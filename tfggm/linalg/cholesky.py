@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
-from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, to_blocks
+from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, shift_blocks, to_blocks
 
 __all__ = ["cholesky", "outer_product"]
 
@@ -63,7 +63,7 @@ def outer_product(factor_bands: tf.Tensor, block_size: int | None = None) -> tf.
   n, b = check_bands(factor_bands)
   block = block_size_for(n, b, block_size)
   diag_blocks, sub_blocks = to_blocks(factor_bands, block)
-  previous = tf.concat([tf.zeros_like(diag_blocks[..., :1, :, :]), diag_blocks[..., :-1, :, :]], -3)
+  previous = shift_blocks(diag_blocks, -1)
   a = (tf.matmul(diag_blocks, diag_blocks, adjoint_b=True)
        + tf.matmul(sub_blocks, sub_blocks, adjoint_b=True))
   e = tf.matmul(sub_blocks, previous, adjoint_b=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
-from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, to_blocks
+from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, shift_blocks, to_blocks
 
 __all__ = ["selected_inversion"]
 
@@ -55,8 +55,7 @@ def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
   identity = tf.eye(block, dtype=factor_bands.dtype)
   diag_inverse = tf.linalg.triangular_solve(diag_blocks, tf.broadcast_to(identity, tf.shape(diag_blocks)),
                                             lower=True)
-  next_sub = tf.concat([sub_blocks[..., 1:, :, :], tf.zeros_like(sub_blocks[..., :1, :, :])], -3)
-  f = tf.linalg.matrix_transpose(tf.matmul(next_sub, diag_inverse))
+  f = tf.linalg.matrix_transpose(tf.matmul(shift_blocks(sub_blocks, +1), diag_inverse))
   q = tf.matmul(diag_inverse, diag_inverse, adjoint_a=True)
 
   def step(sigma_next, blocks):
@@ -67,6 +66,5 @@ def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
   sigma_diag = tf.scan(step, (f_front, move_axis(q, -3, 0)), initializer=tf.zeros_like(f_front[0]),
                        reverse=True)
   sigma_diag = move_axis(sigma_diag, 0, -3)
-  previous_f = tf.concat([tf.zeros_like(f[..., :1, :, :]), f[..., :-1, :, :]], -3)
-  sigma_below = -tf.matmul(sigma_diag, previous_f, adjoint_b=True)
+  sigma_below = -tf.matmul(sigma_diag, shift_blocks(f, -1), adjoint_b=True)
   return from_blocks(sigma_diag, sigma_below, n, bandwidth)

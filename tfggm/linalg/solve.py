@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
-from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, to_blocks
+from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, row_blocks, shift_blocks, to_blocks
 
 __all__ = ["solve", "solve_vec"]
 
@@ -30,18 +30,9 @@ def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int, bl
   Blockwise, the products of block j of `rows` with blocks j and j - 1 of
   `columns` hold every entry of the band (B >= b): O(n B r), never n x n.
   """
-  n = int(rows.shape[-2])
-  num_blocks = -(-n // block)
-  pad = [[0, 0]] * (rows.shape.rank - 2) + [[0, num_blocks * block - n], [0, 0]]
-
-  def blocks(x):
-    x = tf.pad(x, pad)
-    return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [num_blocks, block, tf.shape(x)[-1]]], 0))
-
-  row_blocks, column_blocks = blocks(rows), blocks(columns)
-  previous = tf.concat([tf.zeros_like(column_blocks[..., :1, :, :]), column_blocks[..., :-1, :, :]], -3)
-  return from_blocks(tf.matmul(row_blocks, column_blocks, adjoint_b=True),
-                     tf.matmul(row_blocks, previous, adjoint_b=True), n, bandwidth)
+  rows_b, columns_b = row_blocks(rows, block), row_blocks(columns, block)
+  return from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
+                     tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), bandwidth)
 
 
 def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
@@ -102,15 +93,11 @@ def _substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -
   n, _ = check_bands(bands)
   num_blocks = -(-n // block)
   diag_blocks, sub_blocks = to_blocks(bands, block)
-  rhs = tf.pad(rhs, [[0, 0]] * (rhs.shape.rank - 2) + [[0, num_blocks * block - n], [0, 0]])
   num_rhs = tf.shape(rhs)[-1]
-  rhs = tf.reshape(rhs, tf.concat([tf.shape(rhs)[:-2], [num_blocks, block, num_rhs]], 0))
+  rhs = row_blocks(rhs, block)
   batch = _broadcast_batch(diag_blocks[..., 0, :, :], rhs[..., 0, :, :])
   initial = tf.zeros(tf.concat([batch, [block, num_rhs]], 0), dtype=rhs.dtype)
-  if transpose:
-    coupling = tf.concat([sub_blocks[..., 1:, :, :], tf.zeros_like(sub_blocks[..., :1, :, :])], -3)
-  else:
-    coupling = sub_blocks
+  coupling = shift_blocks(sub_blocks, +1) if transpose else sub_blocks
 
   def step(neighbour, blocks):
     diag, couple, x = blocks
