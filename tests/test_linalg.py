@@ -21,16 +21,18 @@ def random_factor(n, b, batch=(), seed=0, dtype=np.float64):
   return (bands * inside).astype(dtype)
 
 
+@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("n,b,block", SHAPES)
-def test_solve_matches_numpy(n, b, block, batch, dtype):
+@pytest.mark.parametrize("num_columns", [1, 3])
+def test_solve_matches_numpy(n, b, block, batch, dtype, algorithm, num_columns):
   bands = random_factor(n, b, batch, dtype=dtype)
   dense = dense_lower(bands.astype(np.float64))
-  rhs = np.random.default_rng(1).normal(size=tuple(batch) + (n, 3)).astype(dtype)
+  rhs = np.random.default_rng(1).normal(size=tuple(batch) + (n, num_columns)).astype(dtype)
   for transpose in (False, True):
     matrix = np.swapaxes(dense, -1, -2) if transpose else dense
-    got = linalg.solve(bands, rhs, transpose=transpose, block_size=block)
+    got = linalg.solve(bands, rhs, transpose=transpose, block_size=block, algorithm=algorithm)
     assert got.dtype == dtype
     np.testing.assert_allclose(got, np.linalg.solve(matrix, rhs), **tolerance(dtype))
 
@@ -89,15 +91,16 @@ def test_selected_inversion_matches_numpy(n, b, block, batch, dtype, extra_width
   np.testing.assert_allclose(got, band_of(covariance, width), **tolerance(dtype))
 
 
-@pytest.mark.parametrize("n,b,block", [(7, 2, 3), (9, 1, None), (5, 4, None), (20, 3, 4)])
-def test_gradients_match_finite_differences(n, b, block):
+@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
+@pytest.mark.parametrize("n,b,block", [(7, 2, 3), (9, 1, None), (5, 4, None), (20, 3, 4), (1, 0, None)])
+def test_gradients_match_finite_differences(n, b, block, algorithm):
   bands = random_factor(n, b, (2,))
   inside = (np.arange(n)[None, :] >= np.arange(b + 1)[:, None]).astype(float)
   rhs = np.random.default_rng(4).normal(size=(2, n, 2))
   precision = linalg.outer_product(bands).numpy()
   assert_gradients_match(
-      lambda l, p, x: (linalg.solve(l * inside, x, block_size=block),
-                       linalg.solve(l * inside, x, transpose=True, block_size=block),
+      lambda l, p, x: (linalg.solve(l * inside, x, block_size=block, algorithm=algorithm),
+                       linalg.solve(l * inside, x, transpose=True, block_size=block, algorithm=algorithm),
                        linalg.selected_inversion(l * inside, block_size=block),
                        linalg.cholesky(p * inside, block_size=block),
                        linalg.outer_product(l * inside, block_size=block),
@@ -110,8 +113,10 @@ def test_kernels_compile_with_xla_and_agree():
   rhs = np.random.default_rng(5).normal(size=(2, 30, 3)).astype(np.float32)
   precision = linalg.outer_product(bands)
   kernels = {
-      "solve": lambda: linalg.solve(bands, rhs),
-      "solve_transpose": lambda: linalg.solve(bands, rhs, transpose=True),
+      **{f"solve_{algorithm}": lambda a=algorithm: linalg.solve(bands, rhs, algorithm=a)
+         for algorithm in linalg.SOLVE_ALGORITHMS},
+      **{f"solve_transpose_{algorithm}": lambda a=algorithm: linalg.solve(bands, rhs, transpose=True, algorithm=a)
+         for algorithm in linalg.SOLVE_ALGORITHMS},
       "matvec": lambda: linalg.matvec(bands, rhs[..., 0]),
       "matvec_transpose": lambda: linalg.matvec_transpose(bands, rhs[..., 0]),
       "cholesky": lambda: linalg.cholesky(precision),
@@ -120,7 +125,9 @@ def test_kernels_compile_with_xla_and_agree():
   }
   for name, kernel in kernels.items():
     compiled = tf.function(kernel, jit_compile=True)
-    np.testing.assert_allclose(compiled(), kernel(), rtol=1e-5, atol=1e-5, err_msg=name)
+    with linalg.plain_graph_kernels():
+      plain = tf.function(kernel)()
+    np.testing.assert_allclose(compiled(), plain, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_bands_need_static_shape():
@@ -128,12 +135,33 @@ def test_bands_need_static_shape():
     linalg.matvec(tf.zeros([3]), tf.zeros([3]))
 
 
-def test_solve_gradient_reduces_broadcast_batch_dims():
+@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
+def test_solve_gradient_reduces_broadcast_batch_dims(algorithm):
   bands = random_factor(11, 3, (3,))
   inside = (np.arange(11)[None, :] >= np.arange(4)[:, None]).astype(float)
   rhs = np.random.default_rng(6).normal(size=(2, 1, 11, 2))
   for transpose in (False, True):
-    assert_gradients_match(lambda l, x: linalg.solve(l * inside, x, transpose=transpose, block_size=4),
-                           [bands, rhs])
+    assert_gradients_match(
+        lambda l, x: linalg.solve(l * inside, x, transpose=transpose, block_size=4, algorithm=algorithm),
+        [bands, rhs])
     assert_gradients_match(lambda l, x: linalg.solve_vec(l * inside, x, transpose=transpose),
                            [bands, rhs[..., 0]])
+
+
+def test_solve_picks_rows_for_few_columns_and_rejects_unknown_algorithms():
+  assert linalg.solve_algorithm_for(1) == "rows"
+  assert linalg.solve_algorithm_for(linalg.ROWS_MAX_COLUMNS + 1) == "blocks"
+  assert linalg.solve_algorithm_for(None) == "blocks"
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.solve(random_factor(4, 1), np.ones((4, 1)), algorithm="dense")
+
+
+def test_plain_graph_kernels_trace_no_xla_cluster():
+  bands = random_factor(12, 2, (2,), dtype=np.float32)
+  rhs = np.ones((2, 12, 1), np.float32)
+  with linalg.plain_graph_kernels():
+    graph = tf.function(lambda: linalg.solve(bands, rhs)).get_concrete_function().graph
+  assert not any(op.get_attr("_XlaMustCompile") for op in graph.get_operations()
+                 if "_XlaMustCompile" in op.node_def.attr)
+  graph = tf.function(lambda: linalg.solve(bands, rhs)).get_concrete_function().graph
+  assert any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)

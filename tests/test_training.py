@@ -85,6 +85,8 @@ def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
                            capture_output=True, text=True, timeout=300, check=True).stdout
   for signature in ("serving_default", "decode", "sample"):
     assert f"signature_def['{signature}']" in listing
+  saved = (tmp_path / "models" / "mnist" / "1" / "saved_model.pb").read_bytes()
+  assert b"_XlaMustCompile" not in saved  # a plain graph: TF Serving needs no XLA flag
 
 
 def _serve_in_fresh_process(path, bandwidth):

@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfggm.callbacks import decode_images, likelihood_images
 from tfggm.data import NUM_PIXELS
 from tfggm.layers import IndependentBernoulliLayer
+from tfggm.linalg import plain_graph_kernels
 from tfggm.vae import VAE, checked_images
 
 __all__ = ["ServingModule", "export_model", "next_version_dir"]
@@ -69,15 +70,20 @@ def next_version_dir(base: str | os.PathLike) -> pathlib.Path:
 
 
 def export_model(model: VAE, base: str | os.PathLike) -> pathlib.Path:
-  """Writes base/<next version>/ (a SavedModel), via a temporary folder and a rename; never overwrites."""
+  """Writes base/<next version>/ (a SavedModel), via a temporary folder and a rename; never overwrites.
+
+  The graph is plain TensorFlow (kernels traced with `plain_graph_kernels`), so
+  a server without XLA enabled runs it.
+  """
   base = pathlib.Path(base)
   base.mkdir(parents=True, exist_ok=True)
   module = ServingModule(model)
   target = next_version_dir(base)
   temporary = base / f".tmp-{target.name}-{os.getpid()}"
   try:
-    tf.saved_model.save(module, str(temporary), signatures={
-        "serving_default": module.encode, "decode": module.decode, "sample": module.sample})
+    with plain_graph_kernels():
+      tf.saved_model.save(module, str(temporary), signatures={
+          "serving_default": module.encode, "decode": module.decode, "sample": module.sample})
     if target.exists():
       raise FileExistsError(f"{target} appeared during the export; run it again for the next version.")
     os.rename(temporary, target)

@@ -4,9 +4,12 @@ from tfggm.linalg.bands import (bands_from_dense, dense_from_bands, log_determin
                                 matvec_transpose, shift_rows, zero_outside_matrix)
 from tfggm.linalg.cholesky import cholesky, outer_product
 from tfggm.linalg.selected_inversion import selected_inversion
-from tfggm.linalg.solve import solve, solve_vec
+from tfggm.linalg.compilation import plain_graph_kernels
+from tfggm.linalg.solve import ROWS_MAX_COLUMNS, SOLVE_ALGORITHMS, solve, solve_algorithm_for, solve_vec
 
 __all__ = [
+    "ROWS_MAX_COLUMNS",
+    "SOLVE_ALGORITHMS",
     "bands_from_dense",
     "cholesky",
     "dense_from_bands",
@@ -14,9 +17,11 @@ __all__ = [
     "matvec",
     "matvec_transpose",
     "outer_product",
+    "plain_graph_kernels",
     "selected_inversion",
     "shift_rows",
     "solve",
+    "solve_algorithm_for",
     "solve_vec",
     "zero_outside_matrix",
 ]

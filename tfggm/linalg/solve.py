@@ -1,13 +1,27 @@
-"""Triangular solves with a banded lower-triangular L: L y = x and L^T z = x."""
+"""Triangular solves with a banded lower-triangular L: L y = x and L^T z = x.
+
+Two algorithms, chosen by the number of right-hand sides r per matrix:
+
+- "rows" (r <= ROWS_MAX_COLUMNS): row-by-row substitution, vectorized across
+  the batch and XLA-compiled (`tfggm.linalg.row_substitution`). n short steps
+  of O(b r lanes) work: the band's own arithmetic, no B x B blocks.
+- "blocks" (more columns, e.g. thousands of importance samples): blocked
+  substitution, n / B steps of dense B x B triangular solves and matmuls whose
+  cost is shared by all r columns.
+"""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import check_bands
+from tfggm.linalg.bands import check_bands, shift_rows
 from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, row_blocks, shift_blocks, to_blocks
+from tfggm.linalg.row_substitution import row_substitution
 
-__all__ = ["solve", "solve_vec"]
+__all__ = ["solve", "solve_vec", "solve_algorithm_for", "SOLVE_ALGORITHMS", "ROWS_MAX_COLUMNS"]
+
+SOLVE_ALGORITHMS = ("rows", "blocks")
+ROWS_MAX_COLUMNS = 8
 
 
 def _broadcast_batch(*tensors: tf.Tensor) -> tf.Tensor:
@@ -24,22 +38,39 @@ def _sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
 
 
-def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int, block: int) -> tf.Tensor:
+def solve_algorithm_for(num_columns: int | None, algorithm: str | None = None) -> str:
+  """"rows" for few right-hand sides per matrix, "blocks" for many (or an unknown number)."""
+  if algorithm is None:
+    return "rows" if num_columns is not None and num_columns <= ROWS_MAX_COLUMNS else "blocks"
+  if algorithm not in SOLVE_ALGORITHMS:
+    raise ValueError(f"algorithm must be one of {SOLVE_ALGORITHMS} or None; got {algorithm!r}.")
+  return algorithm
+
+
+def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int, block: int,
+                         algorithm: str) -> tf.Tensor:
   """The band of rows @ columns^T: out[..., k, i] = sum_r rows[i, r] columns[i - k, r].
 
-  Blockwise, the products of block j of `rows` with blocks j and j - 1 of
-  `columns` hold every entry of the band (B >= b): O(n B r), never n x n.
+  "rows": columns skewed by k (`shift_rows`) times rows, summed over r:
+  O(n b r) flops and memory. "blocks": the products of block j of `rows` with
+  blocks j and j - 1 of `columns` hold every entry of the band (B >= b):
+  O(n B r) flops, matmuls shared by all r. Never n x n.
   """
+  if algorithm == "rows":
+    columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
+    lagged = shift_rows(tf.repeat(columns_t, bandwidth + 1, axis=-2), +1)  # [..., r, b + 1, n]: columns[i - k]
+    return tf.reduce_sum(lagged * tf.linalg.matrix_transpose(rows)[..., tf.newaxis, :], axis=-3)
   rows_b, columns_b = row_blocks(rows, block), row_blocks(columns, block)
   return from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
                      tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), bandwidth)
 
 
 def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
-          block_size: int | None = None) -> tf.Tensor:
+          block_size: int | None = None, algorithm: str | None = None) -> tf.Tensor:
   """Solves L y = rhs (or L^T y = rhs) for banded lower-triangular L, with a banded gradient.
 
-  Blocked substitution with blocks of size B >= b (see `tfggm.linalg.blocks`):
+  "rows" substitutes one row at a time (see `row_substitution`): O(n b r).
+  "blocks" substitutes blocks of size B >= b (see `tfggm.linalg.blocks`):
 
   ```none
   L y = x:    y_j = D_j^{-1} (x_j - C_j y_{j-1})           j = 0 .. m-1
@@ -47,9 +78,10 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   ```
 
   m = ceil(n / B) sequential steps, each a dense B x B triangular solve:
-  O(n B r) flops for r right-hand sides. XLA-compilable.
+  O(n B r) flops for r right-hand sides. Both compile with XLA.
 
-  The gradient is one more solve and a banded outer product, O(n B r), instead
+  The gradient is one more solve and a banded outer product, O(n b r) or
+  O(n B r), instead
   of differentiating through the m steps. With w the solve of the other
   orientation applied to the incoming gradient g (w = L^{-T} g for L y = x,
   w = L^{-1} g for L^T y = x):
@@ -63,7 +95,8 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
     bands: compact bands of L, [..., b + 1, n].
     rhs: right-hand sides [..., n, r]; batch dims broadcast with `bands`.
     transpose: solve with L^T instead of L.
-    block_size: B (default: `block_size_for(n, b)`).
+    block_size: B for "blocks" (default: `block_size_for(n, b)`).
+    algorithm: "rows", "blocks", or None to choose by r (`solve_algorithm_for`).
 
   Returns:
     y, [broadcast batch..., n, r].
@@ -72,15 +105,17 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   rhs = tf.convert_to_tensor(rhs, dtype=bands.dtype)
   n, b = check_bands(bands)
   block = block_size_for(n, b, block_size)
+  algorithm = solve_algorithm_for(rhs.shape[-1], algorithm)
+  substitute = _row_substitute if algorithm == "rows" else _block_substitute
 
   @tf.custom_gradient
   def solve_with_banded_gradient(bands, rhs):
-    y = _substitute(bands, rhs, transpose, block)
+    y = substitute(bands, rhs, transpose, block)
 
     def gradient(dy):
-      w = _substitute(bands, dy, not transpose, block)
+      w = substitute(bands, dy, not transpose, block)
       rows, columns = (y, w) if transpose else (w, y)
-      d_bands = -banded_outer_product(rows, columns, b, block)
+      d_bands = -banded_outer_product(rows, columns, b, block, algorithm)
       return _sum_to_shape(d_bands, tf.shape(bands)), _sum_to_shape(w, tf.shape(rhs))
 
     return y, gradient
@@ -88,8 +123,21 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   return solve_with_banded_gradient(bands, rhs)
 
 
-def _substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -> tf.Tensor:
-  """Blocked substitution (the forward pass of `solve`)."""
+def _row_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -> tf.Tensor:
+  """`row_substitution` on the broadcast batch, flattened into one lane axis."""
+  del block  # rows need no blocks
+  n, b = check_bands(bands)
+  batch = _broadcast_batch(bands, rhs)
+  num_columns = tf.shape(rhs)[-1]
+  lanes_bands = tf.reshape(tf.broadcast_to(bands, tf.concat([batch, [b + 1, n]], 0)), [-1, b + 1, n])
+  lanes_rhs = tf.reshape(tf.broadcast_to(rhs, tf.concat([batch, [n, num_columns]], 0)), [-1, n, rhs.shape[-1]])
+  y = tf.reshape(row_substitution(lanes_bands, lanes_rhs, transpose), tf.concat([batch, [n, num_columns]], 0))
+  y.set_shape(tf.broadcast_static_shape(bands.shape[:-2], rhs.shape[:-2]).concatenate(rhs.shape[-2:]))
+  return y
+
+
+def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -> tf.Tensor:
+  """Blocked substitution (the forward pass of `solve` with "blocks")."""
   n, _ = check_bands(bands)
   num_blocks = -(-n // block)
   diag_blocks, sub_blocks = to_blocks(bands, block)
@@ -112,7 +160,7 @@ def _substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -
 
 
 def solve_vec(bands: tf.Tensor, x: tf.Tensor, transpose: bool = False,
-              block_size: int | None = None) -> tf.Tensor:
+              block_size: int | None = None, algorithm: str | None = None) -> tf.Tensor:
   """`solve` for vectors x [..., n]; leading dims beyond the bands' batch become columns.
 
   A sample of shape [S..., batch..., n] is solved as S right-hand sides of the
@@ -122,9 +170,9 @@ def solve_vec(bands: tf.Tensor, x: tf.Tensor, transpose: bool = False,
   x = tf.convert_to_tensor(x, dtype=bands.dtype)
   extra = x.shape.rank - 1 - (bands.shape.rank - 2)
   if extra <= 0:
-    return solve(bands, x[..., tf.newaxis], transpose, block_size)[..., 0]
+    return solve(bands, x[..., tf.newaxis], transpose, block_size, algorithm)[..., 0]
   shape = tf.shape(x)
   columns = tf.reshape(x, tf.concat([[-1], shape[extra:]], 0))
   columns = move_axis(columns, 0, -1)  # [batch..., n, S]
-  y = move_axis(solve(bands, columns, transpose, block_size), -1, 0)
+  y = move_axis(solve(bands, columns, transpose, block_size, algorithm), -1, 0)
   return tf.reshape(y, tf.concat([shape[:extra], tf.shape(y)[1:]], 0))
