@@ -1,6 +1,7 @@
 """Benchmark the banded kernels against TensorFlow's banded solve, dense Gaussians and the diagonal floor.
 
     python scripts/benchmark.py [--quick] [--repeats 7] [--jit] [--out docs/results/benchmark]
+    python scripts/benchmark.py --vae-steps [--jit]   # only the VAE training steps
 
 Every implementation is measured side by side in the same run, as the median of
 `--repeats` timed calls of a `tf.function` (after two warm-up calls), with the
@@ -31,6 +32,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfggm
+from tfggm.config import VAEConfig
+from tfggm.data import NUM_PIXELS
+from tfggm.vae import build_vae
 
 tfd = tfp.distributions
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -154,6 +158,84 @@ def memory_bound_seconds(operation: str, n: int, b: int, batch: int, bandwidth: 
   return 4.0 * (reads + writes) / bandwidth
 
 
+# --- one VAE training step ------------------------------------------------------------------------
+
+VAE_ROWS = {  # name -> (posterior, likelihood); ratios are taken to the first row of each group
+    "posterior": [("diagonal", "bernoulli"), ("chain", "bernoulli"), ("extended_grid", "bernoulli"),
+                  ("full", "bernoulli")],
+    "likelihood": [("diagonal", "logit_normal_diagonal"), ("diagonal", "logit_normal_grid"),
+                   ("diagonal", "logit_normal_extended_grid")],
+}
+
+
+def vae_step_seconds(posterior: str, likelihood: str, jit: bool, batch: int = 100, steps: int = 50) -> float:
+  """Median seconds per `model.fit` step (paper architecture, batch 100) over --repeats epochs of `steps`."""
+  config = VAEConfig(posterior=posterior, likelihood=likelihood, batch_size=batch, jit_compile=jit)
+  model = build_vae(config)
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.02, 0.98, size=(batch * steps, NUM_PIXELS)).astype(np.float32)
+  if likelihood == "bernoulli":
+    images = (images > 0.5).astype(np.float32)
+  dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).cache().repeat()
+  model.fit(dataset, epochs=2, steps_per_epoch=steps, verbose=0)  # traces, compiles, warms up
+  seconds = []
+  for _ in range(ARGS.repeats):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    seconds.append((time.perf_counter() - start) / steps)
+  return statistics.median(seconds)
+
+
+def vae_steps(jit: bool) -> list[dict]:
+  records = []
+  for group, rows in VAE_ROWS.items():
+    for posterior, likelihood in rows:
+      seconds = vae_step_seconds(posterior, likelihood, jit)
+      records.append(dict(group=group, posterior=posterior, likelihood=likelihood, jit=jit, seconds=seconds))
+      print(f"  VAE step {posterior:14s} {likelihood:28s} jit={int(jit)} {1e3 * seconds:8.2f} ms", flush=True)
+  return records
+
+
+def vae_table(records: list[dict]) -> str:
+  lines = ["\n### One VAE training step (784-200-200-16 ELU, batch 100, `model.fit`)\n",
+           "| group | posterior | likelihood | XLA step | ms / step | ratio to the group's first row |",
+           "|---|---|---|---|---|---|"]
+  for (group, jit), rows in _grouped(records, lambda r: (r["group"], r["jit"])).items():
+    for r in rows:
+      lines.append(f"| {group} | {r['posterior']} | {r['likelihood']} | {'yes' if jit else 'no'} | "
+                   f"{1e3 * r['seconds']:.2f} | {r['seconds'] / rows[0]['seconds']:.2f}× |")
+  return "\n".join(lines) + "\n"
+
+
+def _grouped(records: list[dict], key) -> dict:
+  groups = {}
+  for r in records:
+    groups.setdefault(key(r), []).append(r)
+  return groups
+
+
+def slopes(records: list[dict], low: int = 784) -> list[dict]:
+  """Least-squares log-log slope of our time against n >= `low`, per operation, b and batch."""
+  ours = [r for r in records if r["implementation"] == "tfggm" and r["n"] >= low]
+  out = []
+  for (operation, b, batch), rows in _grouped(ours, lambda r: (r["operation"], r["b"], r["batch"])).items():
+    if len(rows) >= 3:
+      n = np.log([r["n"] for r in rows])
+      t = np.log([r["seconds"] for r in rows])
+      out.append(dict(operation=operation, b=b, batch=batch, slope=float(np.polyfit(n, t, 1)[0]),
+                      n_range=[int(min(r["n"] for r in rows)), int(max(r["n"] for r in rows))]))
+  return out
+
+
+def slope_table(fits: list[dict]) -> str:
+  lines = ["\n### Log-log slope of our time against n (fixed b and batch; 1 = linear)\n",
+           "| operation | b | batch | n range | slope |", "|---|---|---|---|---|"]
+  for f in sorted(fits, key=lambda f: (f["operation"], f["b"], f["batch"])):
+    lines.append(f"| {f['operation']} | {f['b']} | {f['batch']} | {f['n_range'][0]}–{f['n_range'][1]} | "
+                 f"{f['slope']:.2f} |")
+  return "\n".join(lines) + "\n"
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 def shapes(quick: bool) -> list[tuple[int, int, int]]:
@@ -169,6 +251,8 @@ def shapes(quick: bool) -> list[tuple[int, int, int]]:
           batch //= 2  # keep the bands under 256 MB
         if (n, b, batch) not in out:
           out.append((n, b, batch))
+  if not quick:
+    out.append((65536, 256, 8))  # a 256 x 256 pixel grid, batch 8: the memory target
   return out
 
 
@@ -257,16 +341,26 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--jit", action="store_true", help="compile every call with XLA")
   parser.add_argument("--operations", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
-  parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "results" / "benchmark")
+  parser.add_argument("--vae-steps", action="store_true", help="only the VAE training steps (XLA and not)")
+  parser.add_argument("--out", type=pathlib.Path, default=None,
+                      help="output stem (default docs/results/benchmark, or docs/results/vae_steps)")
   ARGS = parser.parse_args()
-  records = run(ARGS)
-  ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+  ARGS.out = ARGS.out or ROOT / "docs" / "results" / ("vae_steps" if ARGS.vae_steps else "benchmark")
   meta = dict(command="python scripts/benchmark.py " + " ".join(os.sys.argv[1:]), cores=os.cpu_count(),
               tensorflow=tf.__version__)
-  ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, records=records), indent=1) + "\n")
-  text = tables(records)
+  ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+  if ARGS.vae_steps:
+    steps = vae_steps(jit=False) + vae_steps(jit=True)
+    ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, vae_steps=steps), indent=1) + "\n")
+    text = vae_table(steps)
+  else:
+    records = run(ARGS)
+    fits = slopes(records)
+    ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, records=records, slopes=fits),
+                                                        indent=1) + "\n")
+    text = tables(records) + slope_table(fits)
+    plot(records, ARGS.out.with_suffix(".png"))
   ARGS.out.with_suffix(".md").write_text(text)
-  plot(records, ARGS.out.with_suffix(".png"))
   print(text)
 
 

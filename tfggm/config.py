@@ -89,6 +89,7 @@ class VAEConfig:
   diagonal_floor: float = 1e-3
   seed: int = 0
   max_examples: int | None = None    # truncate every split (quick runs, tests)
+  jit_compile: bool = False          # XLA-compile the whole step (in-graph pixel checks are then skipped)
 
   def __post_init__(self):
     checks = [

@@ -89,22 +89,30 @@ class VAE(tf_keras.Model):
     return dict(loss=loss, elbo=tf.reduce_mean(reconstruction - kl), kl=tf.reduce_mean(kl),
                 reconstruction=tf.reduce_mean(reconstruction))
 
-  def _record(self, terms: dict) -> dict:
+  def _record(self, terms: dict, share: tf.Tensor) -> dict:
+    # Each replica adds its batch means with weight `share`, so a metric is the mean over global
+    # batches of their means, as on one device; an empty replica batch (NaN means) adds 0 with weight 0.
     for tracker in self._trackers:
-      tracker.update_state(terms[tracker.name])
+      value = terms[tracker.name]
+      tracker.update_state(tf.where(share > 0, value, tf.zeros_like(value)), sample_weight=share)
     return {tracker.name: tracker.result() for tracker in self._trackers}
 
   def train_step(self, data):
     images = data[0] if isinstance(data, tuple) else data
+    share = _share_of_global_batch(images)
     with tf.GradientTape() as tape:
       terms = self.objective_terms(images, training=True)
-    gradients = tape.gradient(terms["loss"], self.trainable_variables)
+      # tf.distribute SUMS the replicas' gradients, so each replica differentiates its part of the
+      # global-batch mean, loss_r * n_r / n; on one device share = 1. multiply_no_nan: an empty
+      # replica batch (loss_r = NaN) contributes 0.
+      loss = tf.math.multiply_no_nan(terms["loss"], share)
+    gradients = tape.gradient(loss, self.trainable_variables)
     self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
-    return self._record(terms)
+    return self._record(terms, share)
 
   def test_step(self, data):
     images = data[0] if isinstance(data, tuple) else data
-    return self._record(self.objective_terms(images, training=False))
+    return self._record(self.objective_terms(images, training=False), _share_of_global_batch(images))
 
   def get_config(self) -> dict:
     return dict(name=self.name,
@@ -119,6 +127,13 @@ class VAE(tf_keras.Model):
     for key in ("encoder", "decoder"):
       config[key] = tf_keras.saving.deserialize_keras_object(config[key])
     return cls(**config)
+
+
+def _share_of_global_batch(images: tf.Tensor) -> tf.Tensor:
+  """n_r / n: the part of the global batch (n = sum of the replicas' n_r) that this replica holds."""
+  local = tf.cast(tf.shape(images)[0], tf.float32)
+  total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
+  return tf.math.divide_no_nan(local, total)
 
 
 def checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
@@ -173,11 +188,12 @@ def build_decoder(config: VAEConfig) -> tf_keras.Model:
 
 
 def build_vae(config: VAEConfig) -> VAE:
-  """The VAE of a configuration, compiled with Adam (and global-norm clipping when set)."""
+  """The VAE of a configuration, compiled with Adam (and global-norm clipping when set), XLA if asked."""
   tf_keras.utils.set_random_seed(config.seed)
   model = VAE(build_encoder(config), build_decoder(config), config.latent_dim, objective=config.objective,
               num_samples=config.num_samples, analytic_kl=config.analytic_kl, name="vae")
   model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate,
-                                                   global_clipnorm=config.clip_global_norm))
+                                                   global_clipnorm=config.clip_global_norm),
+                jit_compile=config.jit_compile)
   model.beta.assign(0.0 if config.warmup_epochs else 1.0)
   return model

@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfggm.linalg.compilation import xla_kernel
+
 __all__ = [
+    "banded_outer",
     "check_bands",
     "shift_rows",
+    "sum_to_shape",
     "matvec",
     "matvec_transpose",
     "dense_from_bands",
@@ -53,16 +57,73 @@ def shift_rows(x: tf.Tensor, direction: int) -> tf.Tensor:
   return skewed[..., :size]
 
 
-def matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-  """y = L x for bands [..., b + 1, n] and x [..., n] (batch dims broadcast).
+def sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+  """Sums x over the dims along which `shape` was broadcast to x's shape (a gradient's reduction)."""
+  _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(x), s1=shape)
+  return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
 
-  y[i] = sum_k bands[k, i] * x[i - k]  --  O(n b).
+
+def banded_outer(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int) -> tf.Tensor:
+  """The band of rows @ columns^T: out[..., k, i] = sum_r rows[i, r] columns[i - k, r].
+
+  Columns skewed by k (`shift_rows`) times rows, summed over r: O(n b r) flops
+  and memory, never n x n. The gradient of every banded kernel w.r.t. L has
+  this form.
+  """
+  columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
+  lagged = shift_rows(tf.repeat(columns_t, bandwidth + 1, axis=-2), +1)  # [..., r, b + 1, n]: columns[i - k]
+  return tf.reduce_sum(lagged * tf.linalg.matrix_transpose(rows)[..., tf.newaxis, :], axis=-3)
+
+
+@xla_kernel
+def _lower_matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+  """y[i] = sum_k bands[k, i] x[i - k]."""
+  b = int(bands.shape[-2]) - 1
+  shifted = shift_rows(tf.repeat(x[..., tf.newaxis, :], b + 1, axis=-2), +1)  # x[i - k]
+  return tf.reduce_sum(bands * shifted, axis=-2)
+
+
+@xla_kernel
+def _upper_matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+  """y[j] = sum_k bands[k, j + k] x[j + k]."""
+  return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1), axis=-2)
+
+
+@xla_kernel
+def _band_of_outer(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int) -> tf.Tensor:
+  return banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], bandwidth)
+
+
+def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool) -> tf.Tensor:
+  """L x or L^T x with a banded gradient (both XLA-compiled kernels).
+
+  ```none
+  y = L x:     dx = L^T dy,  dL[i, i-k] = dy_i x_{i-k}
+  y = L^T x:   dx = L dy,    dL[i, i-k] = x_i dy_{i-k}
+  ```
   """
   bands = tf.convert_to_tensor(bands)
   x = tf.convert_to_tensor(x, dtype=bands.dtype)
-  n, b = check_bands(bands)
-  shifted = shift_rows(tf.repeat(x[..., tf.newaxis, :], b + 1, axis=-2), +1)  # x[i - k]
-  return tf.reduce_sum(bands * shifted, axis=-2)
+  _, b = check_bands(bands)
+  forward, backward = (_upper_matvec, _lower_matvec) if transpose else (_lower_matvec, _upper_matvec)
+
+  @tf.custom_gradient
+  def matvec_with_banded_gradient(bands, x):
+    def gradient(dy):
+      d_bands = _band_of_outer(x, dy, b) if transpose else _band_of_outer(dy, x, b)
+      return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(backward(bands, dy), tf.shape(x))
+    return forward(bands, x), gradient
+
+  return matvec_with_banded_gradient(bands, x)
+
+
+def matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+  """y = L x for bands [..., b + 1, n] and x [..., n] (batch dims broadcast).
+
+  y[i] = sum_k bands[k, i] * x[i - k]  --  O(n b), one XLA-compiled skew;
+  the gradient is banded too (`banded_outer`).
+  """
+  return _banded_matvec(bands, x, transpose=False)
 
 
 def matvec_transpose(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
@@ -70,10 +131,7 @@ def matvec_transpose(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
 
   y[j] = sum_k L[j + k, j] x[j + k] = sum_k bands[k, j + k] * x[j + k]  --  O(n b).
   """
-  bands = tf.convert_to_tensor(bands)
-  x = tf.convert_to_tensor(x, dtype=bands.dtype)
-  check_bands(bands)
-  return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1), axis=-2)
+  return _banded_matvec(bands, x, transpose=True)
 
 
 def log_determinant(bands: tf.Tensor) -> tf.Tensor:

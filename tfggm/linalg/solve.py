@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import check_bands, shift_rows
+from tfggm.linalg.bands import banded_outer, check_bands, sum_to_shape
 from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, row_blocks, shift_blocks, to_blocks
 from tfggm.linalg.row_substitution import row_substitution
 
@@ -32,12 +32,6 @@ def _broadcast_batch(*tensors: tf.Tensor) -> tf.Tensor:
   return shape
 
 
-def _sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
-  """Sums x over the dims along which `shape` was broadcast to x's shape (a gradient's reduction)."""
-  _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(x), s1=shape)
-  return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
-
-
 def solve_algorithm_for(num_columns: int | None, algorithm: str | None = None) -> str:
   """"rows" for few right-hand sides per matrix, "blocks" for many (or an unknown number)."""
   if algorithm is None:
@@ -51,15 +45,12 @@ def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int, bl
                          algorithm: str) -> tf.Tensor:
   """The band of rows @ columns^T: out[..., k, i] = sum_r rows[i, r] columns[i - k, r].
 
-  "rows": columns skewed by k (`shift_rows`) times rows, summed over r:
-  O(n b r) flops and memory. "blocks": the products of block j of `rows` with
+  "rows": `banded_outer`, O(n b r) flops and memory. "blocks": the products of block j of `rows` with
   blocks j and j - 1 of `columns` hold every entry of the band (B >= b):
   O(n B r) flops, matmuls shared by all r. Never n x n.
   """
   if algorithm == "rows":
-    columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
-    lagged = shift_rows(tf.repeat(columns_t, bandwidth + 1, axis=-2), +1)  # [..., r, b + 1, n]: columns[i - k]
-    return tf.reduce_sum(lagged * tf.linalg.matrix_transpose(rows)[..., tf.newaxis, :], axis=-3)
+    return banded_outer(rows, columns, bandwidth)
   rows_b, columns_b = row_blocks(rows, block), row_blocks(columns, block)
   return from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
                      tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), bandwidth)
@@ -116,7 +107,7 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
       w = substitute(bands, dy, not transpose, block)
       rows, columns = (y, w) if transpose else (w, y)
       d_bands = -banded_outer_product(rows, columns, b, block, algorithm)
-      return _sum_to_shape(d_bands, tf.shape(bands)), _sum_to_shape(w, tf.shape(rhs))
+      return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(w, tf.shape(rhs))
 
     return y, gradient
 
