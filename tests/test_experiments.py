@@ -1,0 +1,157 @@
+"""The resumable experiment driver end to end on tiny MNIST, and the rows of the two scripts that use it."""
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfggm import experiments
+from tfggm.experiments import Experiment, Row
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+TINY = ("--hidden-units", "8", "--batch-size", "50", "--warmup-epochs", "1", "--max-examples", "120")
+
+
+def _script(name: str):
+  spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _table(results: dict) -> str:
+  return experiments.markdown_table(
+      ["row", "log p(x)", "Δ vs base"],
+      [[name, experiments.estimate(values["evaluation"]["test_log_likelihood"]),
+        experiments.estimate(values["paired_vs_base"]["log_likelihood"], signed=True)
+        if "paired_vs_base" in values else "—"] for name, values in results.items()])
+
+
+def _run_files(run_dir: pathlib.Path) -> dict:
+  names = ("history.csv", "best.weights.h5", "final.weights.h5", "summary.json", "evaluation.json",
+           "evaluation_per_example.npz")
+  return {name: (run_dir / name).stat().st_mtime_ns for name in names}
+
+
+def test_rows_are_trained_evaluated_compared_pairwise_and_not_retrained(tiny_mnist, tmp_path):
+  rows = [Row("base", ("--activation", "elu")), Row("other", ("--activation", "relu"), baseline="base")]
+  experiment = Experiment(runs=tmp_path / "runs", epochs=1, num_samples=4, data_dir=str(tiny_mnist),
+                          extra_train_args=TINY)
+  assert experiments.run_rows(experiment, rows, jobs=2) == []
+  results = experiments.collect_results(experiment, rows)
+  experiments.write_results(experiment, results, _table(results), tmp_path / "results", "tiny")
+
+  report = json.loads((tmp_path / "results" / "tiny.json").read_text())
+  assert list(report["rows"]) == ["base", "other"]
+  assert report["protocol"]["epochs"] == 1 and report["protocol"]["num_importance_samples"] == 4
+  assert "paired_vs_base" not in report["rows"]["base"]
+  per_example = {row.name: np.load(experiment.run_dir(row) / "evaluation_per_example.npz") for row in rows}
+  for key in experiments.PAIRED_KEYS:
+    difference = per_example["other"][key] - per_example["base"][key]
+    assert len(difference) == 40  # the whole tiny test split
+    paired = report["rows"]["other"]["paired_vs_base"][key]
+    np.testing.assert_allclose(paired["mean"], difference.mean(), rtol=1e-12)
+    np.testing.assert_allclose(paired["stderr"], difference.std(ddof=1) / np.sqrt(40), rtol=1e-12)
+  markdown = (tmp_path / "results" / "tiny.md").read_text().splitlines()
+  assert len(markdown) == 4 and markdown[2].startswith("| base |") and markdown[3].startswith("| other |")
+
+  before = {row.name: _run_files(experiment.run_dir(row)) for row in rows}
+  assert experiments.run_rows(experiment, rows, jobs=2) == []
+  assert {row.name: _run_files(experiment.run_dir(row)) for row in rows} == before
+  for row in rows:
+    assert json.loads((experiment.run_dir(row) / "summary.json").read_text())["epochs_run"] == 1
+
+
+def test_a_failing_row_is_reported_and_the_others_are_evaluated_once(monkeypatch, tmp_path):
+  calls = []
+
+  def tfggm(experiment, row, command, *arguments):
+    if row.name == "diverges":
+      raise subprocess.CalledProcessError(1, command)
+    calls.append((row.name, command))
+    if command == "evaluate":
+      experiment.run_dir(row).mkdir(parents=True, exist_ok=True)
+      (experiment.run_dir(row) / "evaluation.json").write_text(json.dumps(dict(num_importance_samples=4)))
+
+  monkeypatch.setattr(Experiment, "tfggm", tfggm)
+  rows = [Row("diverges", ()), Row("fine", ())]
+  experiment = Experiment(runs=tmp_path, epochs=1, num_samples=4)
+  assert experiments.run_rows(experiment, rows, jobs=2) == ["diverges"]
+  assert experiments.run_rows(experiment, rows, jobs=2) == ["diverges"]
+  assert calls == [("fine", "train"), ("fine", "evaluate"), ("fine", "train")]
+  assert not experiment.is_finished(rows[0]) and experiment.is_finished(rows[1])
+  assert not dataclasses.replace(experiment, num_samples=8).is_evaluated(rows[1])
+
+
+def test_table1_rows_keep_their_train_and_evaluate_commands():
+  """The running Table 1 job resumes only if every row's `tfggm train` command is unchanged."""
+  table1 = _script("reproduce_table1")
+  args = table1.build_parser().parse_args(["--runs", "/work/runs/table1", "--jobs", "2", "--threads", "1"])
+  experiment = experiments.experiment_from(args)
+  for row in table1.ROWS:
+    run_dir = f"/work/runs/table1/{row.name}"
+    assert experiments.tfggm_command(*experiment.train_arguments(row)) == [
+        sys.executable, "-m", "tfggm.cli", "train", run_dir, "--posterior", row.name, "--epochs", "500",
+        "--seed", "0", "--verbose", "2"]
+    assert experiments.tfggm_command(*experiment.evaluate_arguments(row)) == [
+        sys.executable, "-m", "tfggm.cli", "evaluate", run_dir, "--num-samples", "5000"]
+  assert [row.name for row in table1.ROWS] == ["diagonal", "chain", "extended_grid", "gershgorin_grid", "band4"]
+  assert {row.baseline for row in table1.ROWS} == {None, "diagonal"}
+
+
+def test_logitnormal_rows_cross_likelihoods_with_posteriors_against_the_diagonal_likelihood():
+  logitnormal = _script("logitnormal_experiment")
+  rows = {row.name: row for row in logitnormal.ROWS}
+  assert len(rows) == 6
+  for row in rows.values():
+    flags = dict(zip(row.train_args[::2], row.train_args[1::2]))
+    assert flags["--likelihood"].startswith("logit_normal_")
+    if flags["--likelihood"] == "logit_normal_diagonal":
+      assert row.baseline is None
+    else:
+      baseline = dict(zip(rows[row.baseline].train_args[::2], rows[row.baseline].train_args[1::2]))
+      assert baseline == {"--likelihood": "logit_normal_diagonal", "--posterior": flags["--posterior"]}
+  args = logitnormal.build_parser().parse_args([])
+  assert (args.epochs, args.num_samples, args.runs.name) == (100, 1000, "logitnormal")
+
+
+def test_logitnormal_table_reports_bits_per_dim_and_paired_differences():
+  logitnormal = _script("logitnormal_experiment")
+  base, grid = logitnormal.ROWS[0], logitnormal.ROWS[1]
+  scale = 784 * np.log(2.0)
+
+  def values(log_px):
+    return dict(evaluation=dict(test_elbo=dict(mean=log_px - 10, stderr=2.0),
+                                test_log_likelihood=dict(mean=log_px, stderr=2.0)),
+                training=dict(mean_epoch_seconds=12.5, epochs_run=3, best_epoch=2))
+
+  results = {base.name: values(-scale), grid.name: values(-0.5 * scale)}
+  results[grid.name][f"paired_vs_{base.name}"] = dict(log_likelihood=dict(mean=0.5 * scale, stderr=scale / 100))
+  lines = logitnormal.table(results, num_samples=10).splitlines()
+  assert len(lines) == 4
+  assert lines[2].startswith("| diagonal | diagonal | ") and "| 1.0000 ± " in lines[2]
+  assert lines[3].startswith("| grid | diagonal | 0.") and "| -0.5000 ± 0.0100 |" in lines[3]
+
+
+def test_estimates_and_markdown_tables():
+  assert experiments.estimate(dict(mean=-89.204, stderr=0.1234)) == "-89.20 ± 0.12"
+  assert experiments.estimate(dict(mean=0.5, stderr=0.26), digits=1, signed=True) == "+0.5 ± 0.3"
+  assert experiments.markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n| --- | --- |\n| 1 | 2 |"
+
+
+@pytest.mark.parametrize("train_args, expected", [
+    ("", ()),
+    ("--max-examples 200 --hidden-units 8 8", ("--max-examples", "200", "--hidden-units", "8", "8")),
+])
+def test_extra_train_args_go_after_the_protocol(train_args, expected, tmp_path):
+  parser = _script("logitnormal_experiment").build_parser()
+  args = parser.parse_args(["--runs", str(tmp_path), "--train-args", train_args])
+  experiment = experiments.experiment_from(args)
+  arguments = experiment.train_arguments(Row("r", ("--posterior", "chain")))
+  assert tuple(arguments[len(arguments) - len(expected):]) == expected
+  assert arguments[:4] == ["train", str(tmp_path / "r"), "--posterior", "chain"]

@@ -1,0 +1,219 @@
+"""Resumable experiments: rows of `tfggm train` runs, evaluated once trained, compared pairwise in tables.
+
+An experiment is a list of rows (one configuration each, one run directory
+each) trained under one protocol (epochs, seed, K of the IS estimate).
+`run_rows` trains the rows in parallel `tfggm` subprocesses, each limited to a
+few TensorFlow threads. Running it again resumes every unfinished row from its
+last epoch (`tfggm train` restores its BackupAndRestore state), leaves
+completed runs alone, and evaluates a row once, on the fixed test set, after
+its training completes. `collect_results` gathers the finished rows and the
+paired differences to each row's baseline on the same test images;
+`write_results` writes them as `<name>.json` and `<name>.md`.
+
+The driver itself only starts processes and reads their files; each row's
+training and evaluation run in their own process, so the rows share no
+TensorFlow state and each gets its own thread limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["Row", "Experiment", "tfggm_command", "add_arguments", "experiment_from", "run_rows",
+           "paired_difference", "collect_results", "estimate", "markdown_table", "write_results", "PAIRED_KEYS"]
+
+PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One configuration: its name (also its run directory), its `tfggm train` flags, its baseline row.
+
+  `baseline` names the row it is compared with pairwise (None: none); the
+  comparison appears in the results as `paired_vs_<baseline>`.
+  """
+
+  name: str
+  train_args: tuple[str, ...]
+  baseline: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The protocol every row shares, and where the runs live.
+
+  `extra_train_args` are `tfggm train` flags appended to every row's (e.g.
+  `--max-examples 200 --hidden-units 8` for a quick run); they are part of each
+  run's stored configuration, so a resumed run must be given the same ones.
+  """
+
+  runs: pathlib.Path
+  epochs: int
+  num_samples: int
+  seed: int = 0
+  threads: int = 1
+  data_dir: str | None = None
+  extra_train_args: tuple[str, ...] = ()
+
+  def run_dir(self, row: Row) -> pathlib.Path:
+    return self.runs / row.name
+
+  def train_arguments(self, row: Row) -> list[str]:
+    """`tfggm train` of a row: its own flags, then the protocol's."""
+    return ["train", str(self.run_dir(row)), *row.train_args, "--epochs", str(self.epochs),
+            "--seed", str(self.seed), "--verbose", "2", *self._data_args(), *self.extra_train_args]
+
+  def evaluate_arguments(self, row: Row) -> list[str]:
+    return ["evaluate", str(self.run_dir(row)), "--num-samples", str(self.num_samples), *self._data_args()]
+
+  def tfggm(self, row: Row, *arguments: str) -> None:
+    """Runs `tfggm *arguments` for a row, with the thread limits, its output appended to runs/<row>.log.
+
+    Raises:
+      subprocess.CalledProcessError: the command failed (its message is in the log).
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_NUM_INTRAOP_THREADS=str(self.threads),
+               TF_NUM_INTEROP_THREADS="1")
+    self.runs.mkdir(parents=True, exist_ok=True)
+    with (self.runs / f"{row.name}.log").open("a") as log:
+      subprocess.run(tfggm_command(*arguments), stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
+
+  def is_finished(self, row: Row) -> bool:
+    """Whether the row is trained and evaluated (with any K)."""
+    return (self.run_dir(row) / "evaluation.json").exists()
+
+  def is_evaluated(self, row: Row) -> bool:
+    """Whether the row is evaluated with this protocol's K."""
+    path = self.run_dir(row) / "evaluation.json"
+    return path.exists() and json.loads(path.read_text())["num_importance_samples"] == self.num_samples
+
+  def protocol(self) -> dict:
+    """What the results were produced with, for the JSON report."""
+    return dict(epochs=self.epochs, seed=self.seed, num_importance_samples=self.num_samples,
+                command=shlex.join(sys.argv))
+
+  def _data_args(self) -> list[str]:
+    return ["--data-dir", str(self.data_dir)] if self.data_dir else []
+
+
+def tfggm_command(*arguments: str) -> list[str]:
+  """The command line of `tfggm *arguments` in this interpreter."""
+  return [sys.executable, "-m", "tfggm.cli", *arguments]
+
+
+def add_arguments(parser: argparse.ArgumentParser, rows: Sequence[Row], runs: pathlib.Path, epochs: int,
+                  num_samples: int) -> None:
+  """The driver's flags, with a script's defaults: budget, K, parallelism, rows, paths."""
+  parser.add_argument("--epochs", type=int, default=epochs, help="training epochs of every row")
+  parser.add_argument("--seed", type=int, default=0, help="seed of every row")
+  parser.add_argument("--num-samples", type=int, default=num_samples, help="K of the IS estimate")
+  parser.add_argument("--jobs", type=int, default=2, help="rows trained at once")
+  parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads per row")
+  names = [row.name for row in rows]
+  parser.add_argument("--rows", nargs="+", default=names, choices=names,
+                      help="rows to train and evaluate (the tables show every finished row)")
+  parser.add_argument("--runs", type=pathlib.Path, default=runs, help="one run directory per row in here")
+  parser.add_argument("--data-dir", default=None,
+                      help="directory of the MNIST IDX files (None: where `tfggm train` looks)")
+  parser.add_argument("--train-args", default="",
+                      help="extra `tfggm train` flags for every row, quoted, e.g. --train-args='--max-examples "
+                           "2000'; part of each run's configuration, so resume with the same ones")
+  parser.add_argument("--tables-only", action="store_true", help="only rewrite the tables from finished rows")
+
+
+def experiment_from(args: argparse.Namespace) -> Experiment:
+  """The Experiment of flags added by `add_arguments`."""
+  return Experiment(runs=args.runs, epochs=args.epochs, num_samples=args.num_samples, seed=args.seed,
+                    threads=args.threads, data_dir=args.data_dir,
+                    extra_train_args=tuple(shlex.split(args.train_args)))
+
+
+def _run_row(experiment: Experiment, row: Row) -> None:
+  """Trains (or resumes, or finds complete) one row, then evaluates it unless already evaluated with K."""
+  start = time.time()
+  experiment.tfggm(row, *experiment.train_arguments(row))
+  print(f"[{row.name}] trained ({time.time() - start:.0f} s this session)", flush=True)
+  if not experiment.is_evaluated(row):
+    experiment.tfggm(row, *experiment.evaluate_arguments(row))
+    print(f"[{row.name}] evaluated", flush=True)
+
+
+def run_rows(experiment: Experiment, rows: Iterable[Row], jobs: int) -> list[str]:
+  """Trains and evaluates rows, `jobs` at a time; returns the names of the rows that failed.
+
+  A failing row (e.g. a diverged run) does not stop the others; its output is
+  in runs/<row>.log.
+  """
+  with ThreadPoolExecutor(jobs) as pool:
+    futures = {row.name: pool.submit(_run_row, experiment, row) for row in rows}
+  failed = [name for name, future in futures.items() if future.exception() is not None]
+  for name in failed:
+    print(f"[{name}] failed: {futures[name].exception()}; see {experiment.runs / name}.log", flush=True)
+  return failed
+
+
+def paired_difference(row_dir: pathlib.Path, base_dir: pathlib.Path, key: str) -> dict:
+  """Mean and standard error of (row - base) per test image, from the two evaluation_per_example.npz.
+
+  ```none
+  d_i = v_i(row) - v_i(base),   mean = 1/N sum_i d_i,   stderr = std(d, ddof=1) / sqrt(N)
+  ```
+
+  Both rows see the same fixed test images, so the shared per-image difficulty
+  cancels and the standard error is far smaller than that of either mean.
+  """
+  difference = (np.load(row_dir / "evaluation_per_example.npz")[key]
+                - np.load(base_dir / "evaluation_per_example.npz")[key])
+  return dict(mean=float(difference.mean()), stderr=float(difference.std(ddof=1) / np.sqrt(len(difference))))
+
+
+def collect_results(experiment: Experiment, rows: Sequence[Row]) -> dict:
+  """{row name: evaluation, training summary, paired_vs_<baseline>} of the rows evaluated so far.
+
+  The paired differences (in nats, for each of PAIRED_KEYS) are there when the
+  baseline is evaluated too. Rows keep the order given.
+  """
+  results = {}
+  for row in rows:
+    run_dir = experiment.run_dir(row)
+    if not experiment.is_finished(row):
+      continue
+    results[row.name] = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()),
+                             training=json.loads((run_dir / "summary.json").read_text()))
+    if row.baseline and (experiment.runs / row.baseline / "evaluation.json").exists():
+      results[row.name][f"paired_vs_{row.baseline}"] = {
+          key: paired_difference(run_dir, experiment.runs / row.baseline, key) for key in PAIRED_KEYS}
+  return results
+
+
+def estimate(summary: dict, digits: int = 2, signed: bool = False) -> str:
+  """'mean ± stderr' of a {"mean", "stderr", ...} dict for a table cell; `signed` shows a difference's sign."""
+  return f"{summary['mean']:{'+' if signed else ''}.{digits}f} ± {summary['stderr']:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> str:
+  """A markdown table: the header, the separator, one line per sequence of cells."""
+  rows = [header, ["---"] * len(header), *lines]
+  return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
+
+
+def write_results(experiment: Experiment, results: dict, table: str, directory: pathlib.Path,
+                  name: str) -> None:
+  """Writes directory/name.json ({protocol, rows}) and directory/name.md (the table), and prints the table."""
+  directory.mkdir(parents=True, exist_ok=True)
+  report = dict(protocol=experiment.protocol(), rows=results)
+  (directory / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+  (directory / f"{name}.md").write_text(table + "\n")
+  print(table)
