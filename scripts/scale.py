@@ -3,8 +3,12 @@
     python scripts/scale.py [--n 200000] [--stencil chain|band8] [--batch 1]
 
 Prints one JSON line: seconds per operation (after one warm-up call in a
-tf.function) and the process's peak resident memory above what it held before
-the first call. A dense Sigma at this n would take 8 n^2 bytes (320 GB in float64).
+tf.function) and the process's peak resident memory while the operations run,
+above what it held before them: the warm-up calls (tracing and XLA compilation,
+whose memory is returned to the allocator but stays in the peak) come first, then
+the peak is reset (Linux `clear_refs`) and the timed calls are measured. The
+peak including compilation is reported too. A dense Sigma at this n would take
+8 n^2 bytes (320 GB in float64).
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ tfd = tfp.distributions
 
 
 def peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  """VmHWM: the peak resident set since the start or the last `reset_peak_rss`."""
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def reset_peak_rss() -> None:
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 
 
 def current_rss_bytes() -> int:
@@ -54,10 +65,14 @@ def measure(n: int, stencil_name: str, batch: int) -> dict:
   }
   baseline = current_rss_bytes()
   z = operations["sample"]()
+  for name, op in operations.items():
+    op(*((z,) if name == "log_prob" else ()))  # trace, compile and warm up
+  peak_with_compilation = peak_rss_bytes() - baseline
+  baseline = current_rss_bytes()
+  reset_peak_rss()
   seconds = {}
   for name, op in operations.items():
     args = (z,) if name == "log_prob" else ()
-    op(*args)  # trace and warm up
     start = time.perf_counter()
     result = op(*args)
     result.numpy()
@@ -68,6 +83,7 @@ def measure(n: int, stencil_name: str, batch: int) -> dict:
   return dict(n=n, stencil=stencil_name, batch=batch, seconds=seconds,
               sample_log_prob_kl_seconds=total,
               peak_bytes_above_baseline=peak_rss_bytes() - baseline,
+              peak_bytes_with_compilation=peak_with_compilation,
               peak_process_bytes=peak_rss_bytes())
 
 
