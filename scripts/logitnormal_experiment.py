@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 from typing import Sequence
 
 import matplotlib
@@ -130,17 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = build_parser().parse_args(argv)
-  experiment = experiments.experiment_from(args)
-  failed = []
-  if not args.tables_only:
-    failed = experiments.run_rows(experiment, [row for row in ROWS if row.name in args.rows], args.jobs)
-    draw_samples(experiment, ROWS, FIGURES)
-  sample_figure(FIGURES)
-  results = experiments.collect_results(experiment, ROWS)
-  experiments.write_results(experiment, results, table(results, args.num_samples), RESULTS, "logitnormal")
-  if failed:
-    sys.exit(f"rows {', '.join(failed)} failed; see their logs in {experiment.runs}")
+  experiments.main(build_parser().parse_args(argv), ROWS, table, RESULTS, "logitnormal",
+                   after_training=lambda experiment: draw_samples(experiment, ROWS, FIGURES),
+                   after_results=lambda: sample_figure(FIGURES))
 
 
 if __name__ == "__main__":

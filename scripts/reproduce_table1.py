@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
 from tfggm import experiments
 from tfggm.experiments import Experiment, Row
@@ -64,16 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = build_parser().parse_args(argv)
-  experiment = experiments.experiment_from(args)
-  failed = []
-  if not args.tables_only:
-    failed = experiments.run_rows(experiment, [row for row in ROWS if row.name in args.rows], args.jobs)
-    export_rows(experiment)
-  results = experiments.collect_results(experiment, ROWS)
-  experiments.write_results(experiment, results, table(results, args.num_samples), RESULTS, "table1")
-  if failed:
-    sys.exit(f"rows {', '.join(failed)} failed; see their logs in {experiment.runs}")
+  experiments.main(build_parser().parse_args(argv), ROWS, table, RESULTS, "table1", after_training=export_rows)
 
 
 if __name__ == "__main__":

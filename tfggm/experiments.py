@@ -27,12 +27,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 __all__ = ["Row", "Experiment", "tfggm_command", "add_arguments", "experiment_from", "run_rows",
-           "paired_difference", "collect_results", "estimate", "markdown_table", "write_results", "PAIRED_KEYS"]
+           "paired_difference", "collect_results", "estimate", "markdown_table", "write_results", "main", "PAIRED_KEYS"]
 
 PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
 
@@ -217,3 +217,20 @@ def write_results(experiment: Experiment, results: dict, table: str, directory: 
   (directory / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
   (directory / f"{name}.md").write_text(table + "\n")
   print(table)
+
+
+def main(args: argparse.Namespace, rows: Sequence[Row], table: Callable[[dict, int], str],
+         directory: pathlib.Path, name: str, after_training: Callable[[Experiment], None] = lambda _: None,
+         after_results: Callable[[], None] = lambda: None) -> None:
+  """An experiment script's whole run: train and evaluate the chosen rows (unless --tables-only), then
+  `after_training` (exports, samples), `after_results` (figures), and the tables; exits 1 if a row failed."""
+  experiment = experiment_from(args)
+  failed = []
+  if not args.tables_only:
+    failed = run_rows(experiment, [row for row in rows if row.name in args.rows], args.jobs)
+    after_training(experiment)
+  after_results()
+  results = collect_results(experiment, rows)
+  write_results(experiment, results, table(results, args.num_samples), directory, name)
+  if failed:
+    sys.exit(f"rows {', '.join(failed)} failed; see their logs in {experiment.runs}")
