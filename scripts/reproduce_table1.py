@@ -56,10 +56,8 @@ def table(results: dict, num_samples: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  experiments.add_arguments(parser, ROWS, runs=ROOT / "runs" / "table1", epochs=500, num_samples=5000)
-  return parser
+  return experiments.argument_parser(__doc__.splitlines()[0], ROWS, runs=ROOT / "runs" / "table1", epochs=500,
+                                     num_samples=5000)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["Row", "Experiment", "tfggm_command", "add_arguments", "experiment_from", "run_rows",
+__all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_from", "run_rows",
            "paired_difference", "collect_results", "estimate", "markdown_table", "write_results", "main", "PAIRED_KEYS"]
 
 PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
@@ -113,9 +113,10 @@ def tfggm_command(*arguments: str) -> list[str]:
   return [sys.executable, "-m", "tfggm.cli", *arguments]
 
 
-def add_arguments(parser: argparse.ArgumentParser, rows: Sequence[Row], runs: pathlib.Path, epochs: int,
-                  num_samples: int) -> None:
-  """The driver's flags, with a script's defaults: budget, K, parallelism, rows, paths."""
+def argument_parser(description: str, rows: Sequence[Row], runs: pathlib.Path, epochs: int,
+                    num_samples: int) -> argparse.ArgumentParser:
+  """An experiment script's parser: the driver's flags with the script's defaults (budget, K, rows, paths)."""
+  parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--epochs", type=int, default=epochs, help="training epochs of every row")
   parser.add_argument("--seed", type=int, default=0, help="seed of every row")
   parser.add_argument("--num-samples", type=int, default=num_samples, help="K of the IS estimate")
@@ -131,10 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser, rows: Sequence[Row], runs: pa
                       help="extra `tfggm train` flags for every row, quoted, e.g. --train-args='--max-examples "
                            "2000'; part of each run's configuration, so resume with the same ones")
   parser.add_argument("--tables-only", action="store_true", help="only rewrite the tables from finished rows")
+  return parser
 
 
 def experiment_from(args: argparse.Namespace) -> Experiment:
-  """The Experiment of flags added by `add_arguments`."""
+  """The Experiment of the flags of `argument_parser`."""
   return Experiment(runs=args.runs, epochs=args.epochs, num_samples=args.num_samples, seed=args.seed,
                     threads=args.threads, data_dir=args.data_dir,
                     extra_train_args=tuple(shlex.split(args.train_args)))
