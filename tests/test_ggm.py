@@ -142,3 +142,26 @@ def test_validate_args_rejects_bad_diagonal(bad):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     q = GaussianGraphicalModel(np.zeros(4), bands, validate_args=True)
     q.log_prob(np.zeros(4))
+
+
+@pytest.mark.parametrize("batch", [(), (2,)])
+def test_active_lags_only_match_the_dense_reference(stencil, batch):
+  bands = random_bands(stencil, batch, seed=5)
+  lags = stencil.active_lags
+  loc = np.random.default_rng(6).normal(size=tuple(batch) + (stencil.n,))
+  q = GaussianGraphicalModel(loc, bands[..., list(lags), :], lags=lags)
+  full = GaussianGraphicalModel(loc, bands)
+  mvn, covariance = reference(loc, bands)
+  assert q.lags == lags and q.bandwidth == stencil.bandwidth
+  np.testing.assert_array_equal(q.compact_bands(), bands)
+  x = np.random.default_rng(7).normal(size=(3,) + tuple(batch) + (stencil.n,))
+  tol = tolerance(np.float64)
+  np.testing.assert_allclose(q.log_prob(x), mvn.log_prob(x), **tol)
+  np.testing.assert_allclose(q.variance(), mvn.variance(), **tol)
+  np.testing.assert_allclose(q.covariance(), covariance, **tol)
+  np.testing.assert_allclose(q.sample(4, seed=[1, 2]), full.sample(4, seed=[1, 2]), **tol)
+  prior = tfd.MultivariateNormalDiag(tf.zeros(stencil.n, tf.float64))
+  np.testing.assert_allclose(tfd.kl_divergence(q, prior), tfd.kl_divergence(mvn, prior), **tol)
+  np.testing.assert_allclose(tfd.kl_divergence(q, q), np.zeros(batch), atol=1e-9)
+  if batch:
+    np.testing.assert_allclose(q[1].log_prob(x[:, 1]), mvn.log_prob(x)[:, 1], **tol)

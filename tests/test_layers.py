@@ -72,3 +72,17 @@ def test_bad_inputs_raise_clear_errors():
     GaussianGraphicalModelLayer(stencils.chain(4), "cholesky")
   with pytest.raises(ValueError, match="convert_to_tensor_fn"):
     GaussianGraphicalModelLayer(stencils.chain(4), convert_to_tensor_fn="median")
+
+
+def test_factor_layers_keep_only_the_stencils_active_lags():
+  stencil = stencils.grid(4, 5)  # lags (0, 1, 5) of b = 5
+  params = np.random.default_rng(1).normal(size=(2, 8)).astype(np.float32)
+  factor = _model(stencil, GaussianGraphicalModelLayer(stencil))(params)
+  precision = _model(stencil, GaussianGraphicalModelLayer(stencil, "precision"))(params)
+  assert factor.lags == (0, 1, 5) and factor.precision_factor_bands.shape == (2, 3, 20)
+  assert precision.lags == tuple(range(6)) and precision.precision_factor_bands.shape == (2, 6, 20)
+  bands = factor.compact_bands()
+  np.testing.assert_array_equal(np.asarray(bands) * ~stencil.mask, 0.0)
+  x = np.random.default_rng(2).normal(size=(2, 20)).astype(np.float32)
+  full = GaussianGraphicalModel(factor.mean(), bands)
+  np.testing.assert_allclose(factor.log_prob(x), full.log_prob(x), rtol=1e-5)

@@ -165,3 +165,75 @@ def test_plain_graph_kernels_trace_no_xla_cluster():
                  if "_XlaMustCompile" in op.node_def.attr)
   graph = tf.function(lambda: linalg.solve(bands, rhs)).get_concrete_function().graph
   assert any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
+
+
+# (n, lags): sparse lags as a grid's (0, 1, w), a gap at the start, lags reaching past n.
+LAGGED = [(12, (0, 1, 4)), (13, (0, 3, 4, 5)), (5, (0, 2, 7)), (9, (0,)), (1, (0, 1))]
+
+
+def random_lagged_factor(n, lags, batch=(), seed=0):
+  """Bands at `lags` [..., len(lags), n] and the same L at every lag [..., b + 1, n]."""
+  full = random_factor(n, lags[-1], batch, seed=seed)
+  absent = [k for k in range(lags[-1] + 1) if k not in lags]
+  full[..., absent, :] = 0.0
+  return full[..., list(lags), :], full
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("n,lags", LAGGED)
+def test_kernels_at_sparse_lags_match_numpy(n, lags, batch):
+  bands, full = random_lagged_factor(n, lags, batch)
+  np.testing.assert_array_equal(linalg.bands_at_all_lags(bands, lags), full)
+  dense = dense_lower(full)
+  rng = np.random.default_rng(7)
+  x = rng.normal(size=tuple(batch) + (n,))
+  np.testing.assert_allclose(linalg.matvec(bands, x, lags=lags), np.einsum("...ij,...j->...i", dense, x),
+                             rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(linalg.matvec_transpose(bands, x, lags=lags),
+                             np.einsum("...ji,...j->...i", dense, x), rtol=1e-12, atol=1e-12)
+  for algorithm in linalg.SOLVE_ALGORITHMS:
+    for num_columns in (1, 3):
+      rhs = rng.normal(size=tuple(batch) + (n, num_columns))
+      for transpose in (False, True):
+        matrix = np.swapaxes(dense, -1, -2) if transpose else dense
+        got = linalg.solve(bands, rhs, transpose=transpose, algorithm=algorithm, lags=lags)
+        np.testing.assert_allclose(got, np.linalg.solve(matrix, rhs), rtol=1e-10, atol=1e-10,
+                                   err_msg=f"{algorithm} r={num_columns} transpose={transpose}")
+
+
+@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
+@pytest.mark.parametrize("n,lags", LAGGED[:3])
+def test_gradients_at_sparse_lags_match_finite_differences(n, lags, algorithm):
+  bands, _ = random_lagged_factor(n, lags, (2,))
+  rhs = np.random.default_rng(8).normal(size=(2, n, 2))
+  inside = (np.arange(n)[None, :] >= np.array(lags)[:, None]).astype(float)  # L[i, i - k] exists
+  assert_gradients_match(
+      lambda l, x: (linalg.solve(l * inside, x, algorithm=algorithm, lags=lags),
+                    linalg.solve(l * inside, x, transpose=True, algorithm=algorithm, lags=lags),
+                    linalg.matvec(l, x[..., 0], lags=lags), linalg.matvec_transpose(l, x[..., 0], lags=lags),
+                    linalg.bands_at_all_lags(l, lags)),
+      [bands, rhs])
+
+
+def test_sparse_lags_compile_with_xla_and_agree():
+  lags = (0, 1, 5)
+  bands, _ = random_lagged_factor(30, lags, (2,))
+  bands = bands.astype(np.float32)
+  rhs = np.random.default_rng(9).normal(size=(2, 30, 1)).astype(np.float32)
+  kernels = {
+      "solve": lambda: linalg.solve(bands, rhs, lags=lags),
+      "solve_transpose": lambda: linalg.solve(bands, rhs, transpose=True, lags=lags),
+      "matvec": lambda: linalg.matvec(bands, rhs[..., 0], lags=lags),
+      "matvec_transpose": lambda: linalg.matvec_transpose(bands, rhs[..., 0], lags=lags),
+  }
+  for name, kernel in kernels.items():
+    compiled = tf.function(kernel, jit_compile=True)
+    with linalg.plain_graph_kernels():
+      plain = tf.function(kernel)()
+    np.testing.assert_allclose(compiled(), plain, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("lags", [(1, 2), (0, 2, 2), (0, 3, 1), (0, 1)])
+def test_bad_lags_are_rejected(lags):
+  with pytest.raises(ValueError, match="lags must be 3 strictly increasing"):
+    linalg.matvec(np.ones((3, 6)), np.ones(6), lags=lags)

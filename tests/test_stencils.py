@@ -82,3 +82,12 @@ def test_wrong_number_of_values_names_the_shapes():
 def test_bands_with_the_wrong_number_of_rows_name_the_shapes():
   with pytest.raises(ValueError, match=r"\[\.\.\., 6, 16\].*got \(3, 4, 16\)"):
     stencils.extended_grid(4, 4).values_from_bands(np.zeros((3, 4, 16)))
+
+
+def test_active_lags_select_the_rows_that_can_be_non_zero(stencil):
+  values = np.random.default_rng(3).normal(size=(2, stencil.num_params))
+  full = stencil.bands_from_values(values).numpy()
+  lags = stencil.active_lags
+  assert lags[0] == 0 and all(stencil.mask[k].any() for k in lags)
+  np.testing.assert_array_equal(np.delete(full, list(lags), axis=-2), 0.0)
+  np.testing.assert_array_equal(stencil.bands_from_values(values, active_lags_only=True), full[..., list(lags), :])

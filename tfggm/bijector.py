@@ -26,17 +26,18 @@ def diagonal_assertions(bands: tf.Tensor, what: str = "precision_factor_bands") 
 class PrecisionFactorSolve(tfp.bijectors.Bijector):
   """Y = L^{-T} X where P = L L^T is a precision with banded Cholesky factor L.
 
-  L is given in compact bands [..., b + 1, n] (`bands[..., k, i] = L[i, i - k]`).
+  L is given in compact bands [..., R, n], `bands[..., j, i] = L[i, i - lags[j]]`
+  (lags 0, 1, ..., b by default, or only a stencil's active lags).
   If X ~ N(0, I), then Y ~ N(0, P^{-1}).
 
   ```none
-  forward(x)  = L^{-T} x        blocked banded back-substitution, O(n b)
-  inverse(y)  = L^T y           banded matvec, O(n b)
+  forward(x)  = L^{-T} x        banded back-substitution, O(n R)
+  inverse(y)  = L^T y           banded matvec, O(n R)
   log|det J|  = -sum_i log L_ii (constant Jacobian)
   ```
   """
 
-  def __init__(self, precision_factor_bands, validate_args: bool = False,
+  def __init__(self, precision_factor_bands, lags=None, validate_args: bool = False,
                name: str = "precision_factor_solve"):
     parameters = dict(locals())
     with tf.name_scope(name) as name:
@@ -44,6 +45,7 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
       self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
           precision_factor_bands, dtype=dtype, name="precision_factor_bands")
       band_ops.check_bands(self._precision_factor_bands)
+      self._lags = band_ops.resolve_lags(self._precision_factor_bands, lags)
       super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, dtype=dtype,
                        validate_args=validate_args, parameters=parameters, name=name)
 
@@ -57,11 +59,16 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
   def precision_factor_bands(self) -> tf.Tensor:
     return self._precision_factor_bands
 
+  @property
+  def lags(self) -> tuple[int, ...]:
+    """The lag of each row of `precision_factor_bands`."""
+    return self._lags
+
   def _forward(self, x):
-    return solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True)
+    return solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True, lags=self._lags)
 
   def _inverse(self, y):
-    return band_ops.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y)
+    return band_ops.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y, lags=self._lags)
 
   def _forward_log_det_jacobian(self, x):
     return -band_ops.log_determinant(self._precision_factor_bands)

@@ -78,7 +78,7 @@ class TensorBoardExtras(tf_keras.callbacks.Callback):
     posterior = self.model.encoder(self.images)
     reconstructions = decode_images(self.model.decoder, posterior.mean())
     samples = decode_images(self.model.decoder, self.z)
-    bands = tf.convert_to_tensor(posterior.precision_factor_bands)
+    bands = posterior.compact_bands()
     mask = self.model.encoder.layers[-1].stencil.mask
     with self.writer.as_default(step=epoch):
       as_images = lambda x: tf.reshape(x, [-1, *IMAGE_SHAPE, 1])
@@ -107,7 +107,7 @@ class PosteriorTracker(tf_keras.callbacks.Callback):
     record = json.loads(self.path.read_text()) if self.path.exists() else {}
     posterior = self.model.encoder(self.image)
     record[str(epoch)] = dict(loc=posterior.mean().numpy()[0].tolist(),
-                              bands=tf.convert_to_tensor(posterior.precision_factor_bands).numpy()[0].tolist())
+                              bands=posterior.compact_bands().numpy()[0].tolist())
     temporary = self.path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record))
     temporary.replace(self.path)

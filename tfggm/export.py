@@ -44,7 +44,7 @@ class ServingModule(tf.Module):
   def _encode(self, images):
     posterior = self.encoder(checked_images(images, NUM_PIXELS))  # NaN or out-of-range pixels fail the request
     z = posterior.sample()
-    return {"loc": posterior.mean(), "bands": tf.convert_to_tensor(posterior.precision_factor_bands),
+    return {"loc": posterior.mean(), "bands": posterior.compact_bands(),
             "sample": z, "log_prob": posterior.log_prob(z)}
 
   def _decode(self, z):
@@ -54,7 +54,7 @@ class ServingModule(tf.Module):
       outputs["logits"] = likelihood.tensor_distribution.distribution.logits
     else:
       outputs["loc"] = likelihood.gaussian.mean()
-      outputs["bands"] = tf.convert_to_tensor(likelihood.precision_factor_bands)
+      outputs["bands"] = likelihood.compact_bands()
     return outputs
 
   def _sample(self, num_images):

@@ -18,10 +18,7 @@ _TENSOR_CONVERSIONS = {
     "mean": tfd.Distribution.mean,
     "mode": tfd.Distribution.mode,
 }
-_PARAMETERIZATIONS = {
-    "factor": parameterizations.factor_bands_from_values,
-    "precision": parameterizations.factor_bands_from_precision_values,
-}
+_PARAMETERIZATIONS = ("factor", "precision")
 
 
 class _DistributionLayer(tfp.layers.DistributionLambda):
@@ -83,12 +80,18 @@ class _StencilLayer(_DistributionLayer):
     """n for the location plus one value per free entry of the stencil."""
     return stencil.n + stencil.num_params
 
-  def _loc_and_bands(self, params: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  def _loc_bands_and_lags(self, params: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tuple[int, ...] | None]:
+    """loc, the bands of L and their lags: only the stencil's active lags for "factor" (O(n R) kernels);
+    every lag for "precision", whose banded Cholesky fills the band in."""
     params = self._check_params(params, self.params_size(self._stencil))
     n = self._stencil.n
-    bands = _PARAMETERIZATIONS[self._parameterization](self._stencil, params[..., n:],
-                                                      diagonal_floor=self._diagonal_floor)
-    return params[..., :n], bands
+    if self._parameterization == "factor":
+      bands = parameterizations.factor_bands_from_values(self._stencil, params[..., n:], self._diagonal_floor,
+                                                         active_lags_only=True)
+      return params[..., :n], bands, self._stencil.active_lags
+    bands = parameterizations.factor_bands_from_precision_values(self._stencil, params[..., n:],
+                                                                 self._diagonal_floor)
+    return params[..., :n], bands, None
 
   def get_config(self) -> dict:
     config = super().get_config()
@@ -116,8 +119,8 @@ class GaussianGraphicalModelLayer(_StencilLayer):
   """
 
   def _distribution(self, params):
-    loc, bands = self._loc_and_bands(params)
-    return GaussianGraphicalModel(loc, bands, validate_args=self._validate_args)
+    loc, bands, lags = self._loc_bands_and_lags(params)
+    return GaussianGraphicalModel(loc, bands, lags=lags, validate_args=self._validate_args)
 
 
 @tf_keras.saving.register_keras_serializable(package="tfggm")
@@ -134,8 +137,8 @@ class MultivariateLogitNormalLayer(_StencilLayer):
     super().__init__(stencil, **kwargs)
 
   def _distribution(self, params):
-    loc, bands = self._loc_and_bands(params)
-    return MultivariateLogitNormal(loc, bands, alpha=self._alpha, validate_args=self._validate_args)
+    loc, bands, lags = self._loc_bands_and_lags(params)
+    return MultivariateLogitNormal(loc, bands, alpha=self._alpha, lags=lags, validate_args=self._validate_args)
 
   def get_config(self) -> dict:
     config = super().get_config()

@@ -12,7 +12,7 @@ __all__ = ["factor_bands_from_values", "precision_bands_from_values",
 
 
 def factor_bands_from_values(stencil: Stencil, values: tf.Tensor,
-                             diagonal_floor: float = 1e-3) -> tf.Tensor:
+                             diagonal_floor: float = 1e-3, active_lags_only: bool = False) -> tf.Tensor:
   """(a) Factor values: free entries of L, the diagonal made positive.
 
   ```none
@@ -27,14 +27,15 @@ def factor_bands_from_values(stencil: Stencil, values: tf.Tensor,
     stencil: which entries of L are free.
     values: [..., stencil.num_params].
     diagonal_floor: the floor added after the softplus.
+    active_lags_only: return only the rows at `stencil.active_lags`.
 
   Returns:
-    compact bands of L, [..., b + 1, n].
+    compact bands of L, [..., b + 1, n] (or [..., len(stencil.active_lags), n]).
   """
   values = tf.convert_to_tensor(values)
   n = stencil.n
   diagonal = tf.nn.softplus(values[..., :n]) + tf.constant(diagonal_floor, values.dtype)
-  return stencil.bands_from_values(tf.concat([diagonal, values[..., n:]], axis=-1))
+  return stencil.bands_from_values(tf.concat([diagonal, values[..., n:]], axis=-1), active_lags_only)
 
 
 def precision_bands_from_values(stencil: Stencil, values: tf.Tensor,

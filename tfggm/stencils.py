@@ -87,11 +87,18 @@ class Stencil:
     """The lags k > 0 that have at least one free entry."""
     return tuple(int(k) for k in np.flatnonzero(self._mask[1:].any(axis=1)) + 1)
 
-  def bands_from_values(self, values: tf.Tensor) -> tf.Tensor:
+  @property
+  def active_lags(self) -> tuple[int, ...]:
+    """0 and `lags`: the rows of the compact bands that can be non-zero (a 28 x 28 grid: (0, 1, 28))."""
+    return (0,) + self.lags
+
+  def bands_from_values(self, values: tf.Tensor, active_lags_only: bool = False) -> tf.Tensor:
     """Scatters free values [..., num_params] into compact bands [..., b + 1, n].
 
-    Entries outside the stencil are exactly zero. One gather: O(n b) time and
-    memory, differentiable (the gradient is the matching gather-transpose).
+    With `active_lags_only`, only the rows at `active_lags` [..., R, n] (pass
+    `lags=stencil.active_lags` to the kernels and distributions). Entries
+    outside the stencil are exactly zero. One gather: O(n b) (or O(n R)) time
+    and memory, differentiable (the gradient is the matching gather-transpose).
     """
     values = tf.convert_to_tensor(values)
     if values.shape[-1] is not None and values.shape[-1] != self.num_params:
@@ -99,7 +106,8 @@ class Stencil:
           f"Stencil '{self.name}' has {self.num_params} free values; got values of shape "
           f"{values.shape}.")
     padded = tf.concat([values, tf.zeros_like(values[..., :1])], axis=-1)
-    return tf.gather(padded, self._index_map, axis=-1)
+    index_map = self._index_map[list(self.active_lags)] if active_lags_only else self._index_map
+    return tf.gather(padded, index_map, axis=-1)
 
   def values_from_bands(self, bands: tf.Tensor) -> tf.Tensor:
     """Reads the free values [..., num_params] out of compact bands [..., b + 1, n]."""

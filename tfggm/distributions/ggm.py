@@ -25,11 +25,13 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
   Var(z_i) = Sigma_ii, Sigma = P^{-1}, by selected inversion         variance, O(n b^2)
   ```
 
-  L is given in the compact band layout `bands[..., k, i] = L[i, i - k]`
-  ([..., b + 1, n]); its diagonal must be positive. A stencil
-  (`tfggm.stencils`) fixes which bands entries are free; entries outside the
-  stencil are simply zeros here. Nothing n x n is formed except by `covariance`
-  and `precision`, which exist for inspection and tests.
+  L is given in the compact band layout `bands[..., j, i] = L[i, i - lags[j]]`
+  ([..., R, n]); its diagonal (row 0, lag 0) must be positive. By default the
+  rows are every lag 0, 1, ..., b; a sparse stencil may pass only its active
+  lags (a 28 x 28 grid: lags (0, 1, 28), 3 rows instead of 29), and sampling and
+  `log_prob` then cost O(n R). A stencil (`tfggm.stencils`) fixes which entries
+  are free; entries outside it are simply zeros here. Nothing n x n is formed
+  except by `covariance` and `precision`, which exist for inspection and tests.
 
   #### Examples
 
@@ -42,19 +44,21 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
   ```
   """
 
-  def __init__(self, loc, precision_factor_bands, validate_args: bool = False,
+  def __init__(self, loc, precision_factor_bands, lags=None, validate_args: bool = False,
                allow_nan_stats: bool = True, name: str = "GaussianGraphicalModel"):
     """Builds the distribution.
 
     Args:
       loc: mean, [..., n].
-      precision_factor_bands: compact bands of L, [..., b + 1, n], static b and n.
+      precision_factor_bands: compact bands of L, [..., R, n], static R and n.
+      lags: the lag of each row of the bands, increasing from 0; default
+        (0, 1, ..., R - 1). `Stencil.active_lags` gives a stencil's.
       validate_args: check that the diagonal of L is finite and positive.
       allow_nan_stats: as in every TFP distribution.
       name: name scope of the ops.
 
     Raises:
-      ValueError: when loc's n and the bands' n differ (static shapes).
+      ValueError: when loc's n and the bands' n differ (static shapes), or on bad lags.
     """
     parameters = dict(locals())
     with tf.name_scope(name) as name:
@@ -68,7 +72,8 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
             f"loc must have shape [..., n] with n = {n} (from precision_factor_bands of shape "
             f"{self._precision_factor_bands.shape}); got loc of shape {self._loc.shape}.")
       self._n = n
-      solve = PrecisionFactorSolve(self._precision_factor_bands, validate_args=validate_args)
+      solve = PrecisionFactorSolve(self._precision_factor_bands, lags=lags, validate_args=validate_args)
+      self._lags = solve.lags
       super().__init__(
           distribution=tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)), [n]),
           bijector=tfp.bijectors.Shift(self._loc, validate_args=validate_args)(solve),
@@ -91,12 +96,22 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   @property
   def precision_factor_bands(self) -> tf.Tensor:
-    """Compact bands of L, [..., b + 1, n]."""
+    """Compact bands of L at `lags`, [..., R, n]."""
     return self._precision_factor_bands
 
   @property
+  def lags(self) -> tuple[int, ...]:
+    """The lag of each row of `precision_factor_bands`."""
+    return self._lags
+
+  @property
   def bandwidth(self) -> int:
-    return int(self._precision_factor_bands.shape[-2]) - 1
+    """b: the largest lag of L."""
+    return self._lags[-1]
+
+  def compact_bands(self) -> tf.Tensor:
+    """L at every lag 0, 1, ..., b: [..., b + 1, n] (zeros at lags not in `lags`), O(n b)."""
+    return linalg.bands_at_all_lags(self._precision_factor_bands, self._lags)
 
   def _event_shape_full(self, x: tf.Tensor) -> tf.Tensor:
     """Broadcasts an [..., n] tensor to batch_shape + [n]."""
@@ -115,12 +130,11 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   def covariance_bands(self, bandwidth: int | None = None) -> tf.Tensor:
     """Sigma within a band, compact layout [..., b' + 1, n], by selected inversion: O(n b'^2)."""
-    bands = tf.convert_to_tensor(self._precision_factor_bands)
-    return linalg.selected_inversion(bands, bandwidth=bandwidth)
+    return linalg.selected_inversion(self.compact_bands(), bandwidth=bandwidth)
 
   def precision_bands(self) -> tf.Tensor:
     """Lower bands of P = L L^T, [..., b + 1, n]: O(n b^2)."""
-    return linalg.outer_product(tf.convert_to_tensor(self._precision_factor_bands))
+    return linalg.outer_product(self.compact_bands())
 
   def _variance(self):
     return self._event_shape_full(self.covariance_bands()[..., 0, :])
@@ -130,12 +144,12 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   def precision(self) -> tf.Tensor:
     """Dense P = L L^T, [..., n, n]: O(n^2) memory, for inspection and tests only."""
-    factor = linalg.dense_from_bands(tf.convert_to_tensor(self._precision_factor_bands))
+    factor = linalg.dense_from_bands(self.compact_bands())
     return tf.matmul(factor, factor, adjoint_b=True)
 
   def _covariance(self):
     # Dense Sigma = L^{-T} L^{-1}: O(n^3), for inspection and tests only.
-    factor = linalg.dense_from_bands(tf.convert_to_tensor(self._precision_factor_bands))
+    factor = linalg.dense_from_bands(self.compact_bands())
     identity = tf.broadcast_to(tf.eye(self._n, dtype=self.dtype), tf.shape(factor))
     factor_inverse = tf.linalg.triangular_solve(factor, identity, lower=True)
     covariance = tf.matmul(factor_inverse, factor_inverse, adjoint_a=True)

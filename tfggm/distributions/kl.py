@@ -40,7 +40,7 @@ def hutchinson_trace(q: GaussianGraphicalModel, weights: tf.Tensor, num_probes: 
   shape = tf.concat([[num_probes], tf.shape(q.mean())], axis=0)
   probes = tfp.random.rademacher(shape, dtype=q.dtype, seed=seed)
   bands = tf.convert_to_tensor(q.precision_factor_bands)
-  columns = linalg.solve_vec(bands, probes * tf.sqrt(weights))
+  columns = linalg.solve_vec(bands, probes * tf.sqrt(weights), lags=q.lags)
   return tf.reduce_mean(tf.reduce_sum(tf.square(columns), axis=-1), axis=0)
 
 
@@ -82,8 +82,7 @@ def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.
   there: selected inversion of L_q to bandwidth max(b_q, b_p). The quadratic
   form is ||L_p^T (mu_p - mu_q)||^2. O(n max(b_q, b_p)^2).
   """
-  q_bands = tf.convert_to_tensor(q.precision_factor_bands)
-  p_bands = tf.convert_to_tensor(p.precision_factor_bands)
+  q_bands, p_bands = q.compact_bands(), p.compact_bands()
   width = p.bandwidth
   sigma_q = linalg.selected_inversion(q_bands, bandwidth=max(q.bandwidth, width))[..., : width + 1, :]
   precision_p = linalg.outer_product(p_bands)

@@ -46,11 +46,11 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
   NaN, raises InvalidArgumentError instead of returning NaN.
   """
 
-  def __init__(self, loc, precision_factor_bands, alpha: float = 0.0, validate_args: bool = False,
+  def __init__(self, loc, precision_factor_bands, alpha: float = 0.0, lags=None, validate_args: bool = False,
                allow_nan_stats: bool = True, name: str = "MultivariateLogitNormal"):
     parameters = dict(locals())
     with tf.name_scope(name) as name:
-      gaussian = GaussianGraphicalModel(loc, precision_factor_bands, validate_args=validate_args,
+      gaussian = GaussianGraphicalModel(loc, precision_factor_bands, lags=lags, validate_args=validate_args,
                                         allow_nan_stats=allow_nan_stats)
       bijector = tfb.Sigmoid(validate_args=validate_args)
       if alpha:
@@ -83,6 +83,13 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
   @property
   def precision_factor_bands(self) -> tf.Tensor:
     return self.distribution.precision_factor_bands
+
+  @property
+  def lags(self) -> tuple[int, ...]:
+    return self.distribution.lags
+
+  def compact_bands(self) -> tf.Tensor:
+    return self.distribution.compact_bands()
 
   def _sample_control_dependencies(self, x):
     if not self.validate_args:

@@ -1,7 +1,7 @@
-"""Banded kernels on the compact band layout `bands[..., k, i] = L[i, i - k]`."""
+"""Banded kernels on the compact band layout `bands[..., j, i] = L[i, i - lags[j]]` (lags 0..b by default)."""
 
-from tfggm.linalg.bands import (bands_from_dense, dense_from_bands, log_determinant, matvec,
-                                matvec_transpose, shift_rows, zero_outside_matrix)
+from tfggm.linalg.bands import (bands_at_all_lags, bands_from_dense, dense_from_bands, log_determinant, matvec,
+                                matvec_transpose, resolve_lags, shift_rows, zero_outside_matrix)
 from tfggm.linalg.cholesky import cholesky, outer_product
 from tfggm.linalg.selected_inversion import selected_inversion
 from tfggm.linalg.compilation import plain_graph_kernels
@@ -10,6 +10,7 @@ from tfggm.linalg.solve import ROWS_MAX_COLUMNS, SOLVE_ALGORITHMS, solve, solve_
 __all__ = [
     "ROWS_MAX_COLUMNS",
     "SOLVE_ALGORITHMS",
+    "bands_at_all_lags",
     "bands_from_dense",
     "cholesky",
     "dense_from_bands",
@@ -18,6 +19,7 @@ __all__ = [
     "matvec_transpose",
     "outer_product",
     "plain_graph_kernels",
+    "resolve_lags",
     "selected_inversion",
     "shift_rows",
     "solve",

@@ -1,4 +1,11 @@
-"""Elementwise and shift operations on the compact band layout of a lower-triangular L."""
+"""Elementwise and shift operations on the compact band layout of a lower-triangular L.
+
+The layout stores one row per lag: `bands[..., j, i] = L[i, i - lags[j]]`.
+By default `lags = (0, 1, ..., b)`, every diagonal of the band (the layout of
+`tf.linalg.banded_triangular_solve`). A sparse stencil may keep only its
+active lags, e.g. `(0, 1, w)` for a grid of width w: the kernels below then
+read and compute len(lags) rows instead of b + 1 (3 instead of 29 on 28 x 28).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,9 @@ from tfggm.linalg.compilation import xla_kernel
 
 __all__ = [
     "banded_outer",
+    "bands_at_all_lags",
     "check_bands",
+    "resolve_lags",
     "shift_rows",
     "sum_to_shape",
     "matvec",
@@ -30,20 +39,60 @@ def check_bands(bands: tf.Tensor) -> tuple[int, int]:
   return int(shape[-1]), int(shape[-2]) - 1
 
 
-def shift_rows(x: tf.Tensor, direction: int) -> tf.Tensor:
-  """Shifts row k of x [..., R, N] by k places (right if direction > 0, else left).
+def resolve_lags(bands: tf.Tensor, lags=None) -> tuple[int, ...]:
+  """The lags of the rows of `bands` [..., R, n]: (0, 1, ..., R - 1) if None.
+
+  Raises:
+    ValueError: unless lags has R strictly increasing integers starting at 0.
+  """
+  num_rows = int(bands.shape[-2])
+  if lags is None:
+    return tuple(range(num_rows))
+  lags = tuple(int(k) for k in lags)
+  if len(lags) != num_rows or lags[0] != 0 or any(a >= b for a, b in zip(lags, lags[1:])):
+    raise ValueError(f"lags must be {num_rows} strictly increasing integers starting at 0 (one per row of bands "
+                     f"of shape {bands.shape}); got {lags}.")
+  return lags
+
+
+def bands_at_all_lags(bands: tf.Tensor, lags=None) -> tf.Tensor:
+  """Bands at the given lags [..., R, n] -> the full layout [..., lags[-1] + 1, n] (zeros at other lags).
+
+  One gather, O(n b) memory; the inverse is `tf.gather(full, lags, axis=-2)`.
+  """
+  bands = tf.convert_to_tensor(bands)
+  lags = resolve_lags(bands, lags)
+  if lags == tuple(range(len(lags))):
+    return bands
+  row_of_lag = {k: j for j, k in enumerate(lags)}
+  index = [row_of_lag.get(k, len(lags)) for k in range(lags[-1] + 1)]  # len(lags): a row of zeros
+  return tf.gather(tf.concat([bands, tf.zeros_like(bands[..., :1, :])], axis=-2), index, axis=-2)
+
+
+def shift_rows(x: tf.Tensor, direction: int, lags=None) -> tf.Tensor:
+  """Shifts row j of x [..., R, N] by lags[j] places (right if direction > 0, else left).
 
   ```none
-  right: y[..., k, j] = x[..., k, j - k]   (zero where j < k)
-  left:  y[..., k, j] = x[..., k, j + k]   (zero where j + k >= N)
+  right: y[..., j, i] = x[..., j, i - lags[j]]   (zero where i < lags[j])
+  left:  y[..., j, i] = x[..., j, i + lags[j]]   (zero where i + lags[j] >= N)
   ```
 
-  A pad, a reshape and a slice (the "skew" trick): no gather, O(R N) memory,
-  compiles with XLA.
+  With the default lags (0, 1, ..., R - 1): a pad, a reshape and a slice (the
+  "skew" trick); with sparse lags, one pad and slice per row. No gather, O(R N)
+  memory, compiles with XLA.
   """
   num_rows, size = int(x.shape[-2]), int(x.shape[-1])
-  batch = tf.shape(x)[:-2]
   rank = x.shape.rank
+  lags = resolve_lags(x, lags)
+  if lags != tuple(range(num_rows)):
+    rows = []
+    for j, lag in enumerate(lags):
+      lag = min(lag, size)
+      kept = x[..., j, : size - lag] if direction > 0 else x[..., j, lag:]
+      padding = [lag, 0] if direction > 0 else [0, lag]
+      rows.append(tf.pad(kept, [[0, 0]] * (rank - 2) + [padding]))
+    return tf.stack(rows, axis=-2)
+  batch = tf.shape(x)[:-2]
   padded = tf.pad(x, [[0, 0]] * (rank - 2) + [[0, 0], [0, num_rows]])
   flat = tf.reshape(padded, tf.concat([batch, [num_rows * (size + num_rows)]], axis=0))
   if direction > 0:
@@ -63,38 +112,37 @@ def sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
 
 
-def banded_outer(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int) -> tf.Tensor:
-  """The band of rows @ columns^T: out[..., k, i] = sum_r rows[i, r] columns[i - k, r].
+def banded_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
+  """The band of rows @ columns^T at the given lags: out[..., j, i] = sum_r rows[i, r] columns[i - lags[j], r].
 
-  Columns skewed by k (`shift_rows`) times rows, summed over r: O(n b r) flops
-  and memory, never n x n. The gradient of every banded kernel w.r.t. L has
-  this form.
+  Columns shifted by each lag (`shift_rows`) times rows, summed over r:
+  O(n len(lags) r) flops and memory, never n x n. The gradient of every banded
+  kernel w.r.t. L has this form.
   """
   columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
-  lagged = shift_rows(tf.repeat(columns_t, bandwidth + 1, axis=-2), +1)  # [..., r, b + 1, n]: columns[i - k]
+  lagged = shift_rows(tf.repeat(columns_t, len(lags), axis=-2), +1, lags)  # [..., r, R, n]: columns[i - lags[j]]
   return tf.reduce_sum(lagged * tf.linalg.matrix_transpose(rows)[..., tf.newaxis, :], axis=-3)
 
 
 @xla_kernel
-def _lower_matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-  """y[i] = sum_k bands[k, i] x[i - k]."""
-  b = int(bands.shape[-2]) - 1
-  shifted = shift_rows(tf.repeat(x[..., tf.newaxis, :], b + 1, axis=-2), +1)  # x[i - k]
+def _lower_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
+  """y[i] = sum_j bands[j, i] x[i - lags[j]]."""
+  shifted = shift_rows(tf.repeat(x[..., tf.newaxis, :], len(lags), axis=-2), +1, lags)  # x[i - lags[j]]
   return tf.reduce_sum(bands * shifted, axis=-2)
 
 
 @xla_kernel
-def _upper_matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-  """y[j] = sum_k bands[k, j + k] x[j + k]."""
-  return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1), axis=-2)
+def _upper_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
+  """y[i] = sum_j bands[j, i + lags[j]] x[i + lags[j]]."""
+  return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1, lags), axis=-2)
 
 
 @xla_kernel
-def _band_of_outer(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int) -> tf.Tensor:
-  return banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], bandwidth)
+def _band_of_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
+  return banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], lags)
 
 
-def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool) -> tf.Tensor:
+def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool, lags) -> tf.Tensor:
   """L x or L^T x with a banded gradient (both XLA-compiled kernels).
 
   ```none
@@ -104,34 +152,35 @@ def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool) -> tf.Tensor
   """
   bands = tf.convert_to_tensor(bands)
   x = tf.convert_to_tensor(x, dtype=bands.dtype)
-  _, b = check_bands(bands)
+  check_bands(bands)
+  lags = resolve_lags(bands, lags)
   forward, backward = (_upper_matvec, _lower_matvec) if transpose else (_lower_matvec, _upper_matvec)
 
   @tf.custom_gradient
   def matvec_with_banded_gradient(bands, x):
     def gradient(dy):
-      d_bands = _band_of_outer(x, dy, b) if transpose else _band_of_outer(dy, x, b)
-      return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(backward(bands, dy), tf.shape(x))
-    return forward(bands, x), gradient
+      d_bands = _band_of_outer(x, dy, lags) if transpose else _band_of_outer(dy, x, lags)
+      return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(backward(bands, dy, lags), tf.shape(x))
+    return forward(bands, x, lags), gradient
 
   return matvec_with_banded_gradient(bands, x)
 
 
-def matvec(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-  """y = L x for bands [..., b + 1, n] and x [..., n] (batch dims broadcast).
+def matvec(bands: tf.Tensor, x: tf.Tensor, lags=None) -> tf.Tensor:
+  """y = L x for bands [..., R, n] at `lags` (default 0..R-1) and x [..., n] (batch dims broadcast).
 
-  y[i] = sum_k bands[k, i] * x[i - k]  --  O(n b), one XLA-compiled skew;
-  the gradient is banded too (`banded_outer`).
+  y[i] = sum_j bands[j, i] * x[i - lags[j]]  --  O(n R), one XLA-compiled
+  kernel; the gradient is banded too (`banded_outer`).
   """
-  return _banded_matvec(bands, x, transpose=False)
+  return _banded_matvec(bands, x, transpose=False, lags=lags)
 
 
-def matvec_transpose(bands: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
-  """y = L^T x for bands [..., b + 1, n] and x [..., n] (batch dims broadcast).
+def matvec_transpose(bands: tf.Tensor, x: tf.Tensor, lags=None) -> tf.Tensor:
+  """y = L^T x for bands [..., R, n] at `lags` (default 0..R-1) and x [..., n] (batch dims broadcast).
 
-  y[j] = sum_k L[j + k, j] x[j + k] = sum_k bands[k, j + k] * x[j + k]  --  O(n b).
+  y[i] = sum_k L[i + k, i] x[i + k] = sum_j bands[j, i + lags[j]] * x[i + lags[j]]  --  O(n R).
   """
-  return _banded_matvec(bands, x, transpose=True)
+  return _banded_matvec(bands, x, transpose=True, lags=lags)
 
 
 def log_determinant(bands: tf.Tensor) -> tf.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import banded_outer, check_bands, sum_to_shape
+from tfggm.linalg.bands import banded_outer, bands_at_all_lags, check_bands, resolve_lags, sum_to_shape
 from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, row_blocks, shift_blocks, to_blocks
 from tfggm.linalg.row_substitution import row_substitution
 
@@ -41,26 +41,28 @@ def solve_algorithm_for(num_columns: int | None, algorithm: str | None = None) -
   return algorithm
 
 
-def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, bandwidth: int, block: int,
+def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...], block: int,
                          algorithm: str) -> tf.Tensor:
-  """The band of rows @ columns^T: out[..., k, i] = sum_r rows[i, r] columns[i - k, r].
+  """The band of rows @ columns^T at `lags`: out[..., j, i] = sum_r rows[i, r] columns[i - lags[j], r].
 
-  "rows": `banded_outer`, O(n b r) flops and memory. "blocks": the products of block j of `rows` with
-  blocks j and j - 1 of `columns` hold every entry of the band (B >= b):
-  O(n B r) flops, matmuls shared by all r. Never n x n.
+  "rows": `banded_outer`, O(n len(lags) r) flops and memory. "blocks": the products of block j of `rows`
+  with blocks j and j - 1 of `columns` hold every entry of the band (B >= b):
+  O(n B r) flops, matmuls shared by all r, then the rows at `lags`. Never n x n.
   """
   if algorithm == "rows":
-    return banded_outer(rows, columns, bandwidth)
+    return banded_outer(rows, columns, lags)
   rows_b, columns_b = row_blocks(rows, block), row_blocks(columns, block)
-  return from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
-                     tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), bandwidth)
+  band = from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
+                     tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), lags[-1])
+  return band if lags == tuple(range(len(lags))) else tf.gather(band, lags, axis=-2)
 
 
 def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
-          block_size: int | None = None, algorithm: str | None = None) -> tf.Tensor:
+          block_size: int | None = None, algorithm: str | None = None, lags=None) -> tf.Tensor:
   """Solves L y = rhs (or L^T y = rhs) for banded lower-triangular L, with a banded gradient.
 
-  "rows" substitutes one row at a time (see `row_substitution`): O(n b r).
+  "rows" substitutes one row at a time (see `row_substitution`): O(n R r) for
+  bands with R rows (all b + 1 lags, or only a stencil's active ones).
   "blocks" substitutes blocks of size B >= b (see `tfggm.linalg.blocks`):
 
   ```none
@@ -83,30 +85,32 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   ```
 
   Args:
-    bands: compact bands of L, [..., b + 1, n].
+    bands: L at `lags`, [..., R, n] (`tfggm.linalg.bands`).
     rhs: right-hand sides [..., n, r]; batch dims broadcast with `bands`.
     transpose: solve with L^T instead of L.
     block_size: B for "blocks" (default: `block_size_for(n, b)`).
     algorithm: "rows", "blocks", or None to choose by r (`solve_algorithm_for`).
+    lags: the lag of each row of `bands`; default 0, 1, ..., R - 1.
 
   Returns:
     y, [broadcast batch..., n, r].
   """
   bands = tf.convert_to_tensor(bands)
   rhs = tf.convert_to_tensor(rhs, dtype=bands.dtype)
-  n, b = check_bands(bands)
-  block = block_size_for(n, b, block_size)
+  n, _ = check_bands(bands)
+  lags = resolve_lags(bands, lags)
+  block = block_size_for(n, lags[-1], block_size)
   algorithm = solve_algorithm_for(rhs.shape[-1], algorithm)
   substitute = _row_substitute if algorithm == "rows" else _block_substitute
 
   @tf.custom_gradient
   def solve_with_banded_gradient(bands, rhs):
-    y = substitute(bands, rhs, transpose, block)
+    y = substitute(bands, rhs, transpose, block, lags)
 
     def gradient(dy):
-      w = substitute(bands, dy, not transpose, block)
+      w = substitute(bands, dy, not transpose, block, lags)
       rows, columns = (y, w) if transpose else (w, y)
-      d_bands = -banded_outer_product(rows, columns, b, block, algorithm)
+      d_bands = -banded_outer_product(rows, columns, lags, block, algorithm)
       return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(w, tf.shape(rhs))
 
     return y, gradient
@@ -114,21 +118,26 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
   return solve_with_banded_gradient(bands, rhs)
 
 
-def _row_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -> tf.Tensor:
+def _row_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int,
+                    lags: tuple[int, ...]) -> tf.Tensor:
   """`row_substitution` on the broadcast batch, flattened into one lane axis."""
   del block  # rows need no blocks
-  n, b = check_bands(bands)
+  n, _ = check_bands(bands)
   batch = _broadcast_batch(bands, rhs)
   num_columns = tf.shape(rhs)[-1]
-  lanes_bands = tf.reshape(tf.broadcast_to(bands, tf.concat([batch, [b + 1, n]], 0)), [-1, b + 1, n])
+  num_rows = len(lags)
+  lanes_bands = tf.reshape(tf.broadcast_to(bands, tf.concat([batch, [num_rows, n]], 0)), [-1, num_rows, n])
   lanes_rhs = tf.reshape(tf.broadcast_to(rhs, tf.concat([batch, [n, num_columns]], 0)), [-1, n, rhs.shape[-1]])
-  y = tf.reshape(row_substitution(lanes_bands, lanes_rhs, transpose), tf.concat([batch, [n, num_columns]], 0))
+  y = tf.reshape(row_substitution(lanes_bands, lanes_rhs, transpose, lags),
+                 tf.concat([batch, [n, num_columns]], 0))
   y.set_shape(tf.broadcast_static_shape(bands.shape[:-2], rhs.shape[:-2]).concatenate(rhs.shape[-2:]))
   return y
 
 
-def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int) -> tf.Tensor:
-  """Blocked substitution (the forward pass of `solve` with "blocks")."""
+def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: int,
+                      lags: tuple[int, ...]) -> tf.Tensor:
+  """Blocked substitution (the forward pass of `solve` with "blocks") on the full band."""
+  bands = bands_at_all_lags(bands, lags)
   n, _ = check_bands(bands)
   num_blocks = -(-n // block)
   diag_blocks, sub_blocks = to_blocks(bands, block)
@@ -151,7 +160,7 @@ def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: 
 
 
 def solve_vec(bands: tf.Tensor, x: tf.Tensor, transpose: bool = False,
-              block_size: int | None = None, algorithm: str | None = None) -> tf.Tensor:
+              block_size: int | None = None, algorithm: str | None = None, lags=None) -> tf.Tensor:
   """`solve` for vectors x [..., n]; leading dims beyond the bands' batch become columns.
 
   A sample of shape [S..., batch..., n] is solved as S right-hand sides of the
@@ -161,9 +170,9 @@ def solve_vec(bands: tf.Tensor, x: tf.Tensor, transpose: bool = False,
   x = tf.convert_to_tensor(x, dtype=bands.dtype)
   extra = x.shape.rank - 1 - (bands.shape.rank - 2)
   if extra <= 0:
-    return solve(bands, x[..., tf.newaxis], transpose, block_size, algorithm)[..., 0]
+    return solve(bands, x[..., tf.newaxis], transpose, block_size, algorithm, lags)[..., 0]
   shape = tf.shape(x)
   columns = tf.reshape(x, tf.concat([[-1], shape[extra:]], 0))
   columns = move_axis(columns, 0, -1)  # [batch..., n, S]
-  y = move_axis(solve(bands, columns, transpose, block_size, algorithm), -1, 0)
+  y = move_axis(solve(bands, columns, transpose, block_size, algorithm, lags), -1, 0)
   return tf.reshape(y, tf.concat([shape[:extra], tf.shape(y)[1:]], 0))
