@@ -1,5 +1,7 @@
 """The VAE on tiny synthetic data: every posterior learns; objectives and options behave."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -97,3 +99,18 @@ def test_bad_pixels_fail_the_step_with_a_clear_message(bad, message):
   fresh = build_vae(VAEConfig(posterior="chain", hidden_units=(8,)))
   with pytest.raises(ValueError, match=r"shape \[batch, 784\]; got \(None, 100\)"):
     fresh.fit(np.zeros((4, 100), np.float32), epochs=1, verbose=0)
+
+
+def test_posterior_noise_is_a_function_of_seed_and_step():
+  images = (_blobs(8) > 0.5).astype(np.float32)
+  config = VAEConfig(posterior="chain", hidden_units=(16,), seed=4)
+  model = build_vae(config)
+  seed = model.posterior_noise_seed()
+  np.testing.assert_array_equal(model.objective_terms(images, seed=seed)["loss"],
+                                model.objective_terms(images, seed=seed)["loss"])
+  other = build_vae(dataclasses.replace(config, seed=5)).posterior_noise_seed()
+  model.optimizer.iterations.assign(1)
+  later = model.posterior_noise_seed()
+  assert len({tuple(s.numpy()) for s in (seed, other, later)}) == 3
+  assert model.objective_terms(images, seed=seed)["loss"] != model.objective_terms(images, seed=later)["loss"]
+  assert build_vae(config).get_config()["seed"] == 4

@@ -57,10 +57,13 @@ def _config_from(args):
 
 
 def _train(args) -> None:
+  from tfggm.distribute import make_strategy
+  strategy = make_strategy(args.strategy)  # first: a multi-worker strategy must precede every other TF op
   from tfggm.training import train
   logs = pathlib.Path(args.run_dir) / "logs"
   print(f"TensorBoard logs: {logs}  (view with: tensorboard --logdir {logs})", flush=True)
-  summary = train(_config_from(args), args.run_dir, data_dir=args.data_dir, verbose=args.verbose)
+  summary = train(_config_from(args), args.run_dir, data_dir=args.data_dir, verbose=args.verbose,
+                  strategy=strategy)
   print(f"best validation ELBO: {summary['best_val_elbo']:.2f} nats (epoch {summary['best_epoch']} of "
         f"{summary['epochs_run']}); {summary['mean_epoch_seconds']:.1f} s per epoch")
 
@@ -103,6 +106,7 @@ def _sample(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from tfggm.distribute import STRATEGIES
   formatter = argparse.ArgumentDefaultsHelpFormatter
   parser = argparse.ArgumentParser(prog="tfggm", formatter_class=formatter,
                                    description="VAEs with Gaussian-graphical-model posteriors on MNIST.")
@@ -115,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("run_dir")
   train.add_argument("--data-dir", default=None, help=data_help)
   train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="Keras progress: 1 bar, 2 a line")
+  train.add_argument("--strategy", choices=STRATEGIES, default="default",
+                     help="tf.distribute: one device; this machine's GPUs (mirrored); or the workers of the "
+                          "cluster in $TF_CONFIG (multi-worker). --batch-size is the global batch")
   _config_arguments(train)
   train.set_defaults(handler=_train)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import pathlib
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -13,6 +15,7 @@ import tf_keras
 from tfggm import data
 from tfggm.callbacks import EpochTimer, KLWarmup, PosteriorTracker, TensorBoardExtras
 from tfggm.config import ConfigError, VAEConfig
+from tfggm.distribute import is_chief, task_of
 from tfggm.vae import build_vae
 
 __all__ = ["RunData", "TrainingDiverged", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
@@ -34,6 +37,9 @@ class RunData:
   Validation is the last 10,000 training images (fewer when `max_examples`
   truncates: a sixth of them). Evaluation sets are binarized, or dequantized,
   once with fixed seeds so every estimate sees the same images.
+
+  The datasets yield global batches of `config.batch_size` images; under
+  tf.distribute `model.fit` splits each one across the replicas.
   """
 
   def __init__(self, config: VAEConfig, data_dir: str | None = None):
@@ -47,16 +53,31 @@ class RunData:
 
   def train_dataset(self) -> tf.data.Dataset:
     make = data.dequantized_dataset if self.config.continuous else data.binarized_dataset
-    return make(self.train_images, self.config.batch_size, shuffle=True, seed=self.config.seed)
+    return _sharded_by_data(make(self.train_images, self.config.batch_size, shuffle=True,
+                                 seed=self.config.seed))
 
   def validation_dataset(self) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(self.validation).batch(500).prefetch(tf.data.AUTOTUNE)
+    return _sharded_by_data(
+        tf.data.Dataset.from_tensor_slices(self.validation).batch(500).prefetch(tf.data.AUTOTUNE))
 
 
-def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig) -> None:
-  """Writes config.json, or checks that the one already there is the same configuration."""
-  run_dir.mkdir(parents=True, exist_ok=True)
+def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`dataset`, split across the workers of a cluster by data rather than by files.
+
+  In-memory arrays have no files to divide: every worker runs the same seeded
+  pipeline (same shuffle, same binarization noise) and keeps its part of each
+  global batch.
+  """
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return dataset.with_options(options)
+
+
+def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig, chief: bool) -> None:
+  """Writes config.json (the chief only, atomically), or checks that the one there is the same configuration."""
   path = run_dir / "config.json"
+  if chief:
+    run_dir.mkdir(parents=True, exist_ok=True)
   if path.exists():
     stored = VAEConfig.load(path)
     if stored != config:
@@ -64,8 +85,10 @@ def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig) -> None:
       raise ConfigError(
           f"run directory {run_dir} holds a different configuration; differing (stored, given): "
           f"{differences}. Use another run directory, or the stored settings to resume.")
-  else:
-    config.save(path)
+  elif chief:
+    temporary = path.with_suffix(".tmp")
+    config.save(temporary)
+    temporary.replace(path)
 
 
 def _best_so_far(history_csv: pathlib.Path) -> float | None:
@@ -79,7 +102,7 @@ def _best_so_far(history_csv: pathlib.Path) -> float | None:
 
 
 def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None = None,
-          verbose: int = 1, callbacks: tuple = ()) -> dict:
+          verbose: int = 1, callbacks: tuple = (), strategy: tf.distribute.Strategy | None = None) -> dict:
   """Trains (or resumes) the run in `run_dir`; returns its summary.
 
   The run directory holds config.json, TensorBoard logs (logs/), the
@@ -91,45 +114,88 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   library's own and before the backup, so an epoch is backed up only once all
   its records are written.
 
+  With a `strategy` (`tfggm.distribute.make_strategy`) the model is built and
+  compiled in its scope and `model.fit` splits each global batch of
+  `config.batch_size` images across the replicas. In a cluster every worker
+  calls `train` with the same arguments; only the chief writes the run
+  directory, the others write their copies to a temporary directory that is
+  deleted at the end (so a non-chief's summary covers the epochs it ran). All of
+  them resume from run_dir/backup, which must therefore be on a file system
+  that every worker sees.
+
   Raises:
     TrainingDiverged: the loss became NaN (training stopped; best.weights.h5 is
       the best epoch before it).
   """
+  strategy = strategy or tf.distribute.get_strategy()
   run_dir = pathlib.Path(run_dir)
   run_data = RunData(config, data_dir)  # before claiming the directory: bad data leaves no trace
-  _claim_run_dir(run_dir, config)
+  _claim_run_dir(run_dir, config, chief=is_chief(strategy))
   summary_path = run_dir / "summary.json"
   backup_dir = run_dir / "backup"
   if summary_path.exists() and not (backup_dir.exists() and any(backup_dir.iterdir())):
     return json.loads(summary_path.read_text())
-  model = build_vae(config)
-  model(tf.zeros([1, data.NUM_PIXELS]))
-  history_csv = run_dir / "history.csv"
+  with _output_dir(run_dir, strategy) as out_dir:
+    model = _vae_in_scope(config, strategy)
+    callbacks = [*_library_callbacks(config, run_data, run_dir, out_dir), *callbacks,
+                 tf_keras.callbacks.BackupAndRestore(str(backup_dir))]
+    history = model.fit(run_data.train_dataset(), validation_data=run_data.validation_dataset(),
+                        epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+      raise TrainingDiverged(f"the loss became NaN in epoch {history.epoch[-1] + 1}; training stopped. "
+                             f"{run_dir / BEST_WEIGHTS} holds the best epoch before it.")
+    model.save_weights(str(out_dir / FINAL_WEIGHTS))
+    summary = _summarize_history(out_dir / "history.csv")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+@contextlib.contextmanager
+def _output_dir(run_dir: pathlib.Path, strategy: tf.distribute.Strategy):
+  """Where this process writes the run's files: run_dir on the chief, else a temporary directory.
+
+  The Keras multi-worker pattern: every worker runs the same callbacks (saving
+  may need all of them), but only the chief's files are kept.
+  """
+  if is_chief(strategy):
+    yield run_dir
+    return
+  with tempfile.TemporaryDirectory(prefix=f"tfggm-{task_of(strategy).replace(' ', '')}-") as temporary:
+    yield pathlib.Path(temporary)
+
+
+def _vae_in_scope(config: VAEConfig, strategy: tf.distribute.Strategy) -> tf_keras.Model:
+  """The VAE built and compiled in `strategy.scope()`, so its variables are mirrored on the replicas.
+
+  Under tf.distribute the training step runs as a plain graph: XLA cannot
+  compile a step whose replicas' variables live on other devices, linked by
+  collective all-reduces (the banded kernels keep their own XLA functions).
+  """
+  with strategy.scope():
+    model = build_vae(config)
+    model(tf.zeros([1, data.NUM_PIXELS]))
+    if tf.distribute.has_strategy():
+      model.jit_compile = False
+  return model
+
+
+def _library_callbacks(config: VAEConfig, run_data: RunData, run_dir: pathlib.Path,
+                       out_dir: pathlib.Path) -> list[tf_keras.callbacks.Callback]:
+  """Warm-up, NaN stop, best checkpoint, TensorBoard, tracked posterior and history, writing into `out_dir`."""
   checkpoint = tf_keras.callbacks.ModelCheckpoint(
-      str(run_dir / BEST_WEIGHTS), monitor="val_elbo", mode="max", save_best_only=True,
-      save_weights_only=True, initial_value_threshold=_best_so_far(history_csv))
-  callbacks = [
+      str(out_dir / BEST_WEIGHTS), monitor="val_elbo", mode="max", save_best_only=True,
+      save_weights_only=True, initial_value_threshold=_best_so_far(run_dir / "history.csv"))
+  return [
       EpochTimer(),
       KLWarmup(config.warmup_epochs),
       tf_keras.callbacks.TerminateOnNaN(),
       checkpoint,
-      TensorBoardExtras(run_dir / "logs", run_data.validation[:8], seed=config.seed),
-      PosteriorTracker(run_data.test[TRACKED_TEST_INDEX], run_dir / "tracked_posterior.json"),
-      tf_keras.callbacks.TensorBoard(str(run_dir / "logs")),
-      tf_keras.callbacks.CSVLogger(str(history_csv), append=True),
-      *callbacks,
-      tf_keras.callbacks.BackupAndRestore(str(backup_dir)),
+      TensorBoardExtras(out_dir / "logs", run_data.validation[:8], seed=config.seed),
+      PosteriorTracker(run_data.test[TRACKED_TEST_INDEX], out_dir / "tracked_posterior.json"),
+      tf_keras.callbacks.TensorBoard(str(out_dir / "logs")),
+      tf_keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
   ]
-  history = model.fit(run_data.train_dataset(), validation_data=run_data.validation_dataset(),
-                      epochs=config.epochs, callbacks=callbacks, verbose=verbose)
-  losses = history.history.get("loss", [])
-  if losses and not np.isfinite(losses[-1]):
-    raise TrainingDiverged(f"the loss became NaN in epoch {history.epoch[-1] + 1}; training stopped. "
-                           f"{run_dir / BEST_WEIGHTS} holds the best epoch before it.")
-  model.save_weights(str(run_dir / FINAL_WEIGHTS))
-  summary = _summarize_history(history_csv)
-  summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-  return summary
 
 
 def _summarize_history(history_csv: pathlib.Path) -> dict:

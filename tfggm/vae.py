@@ -33,11 +33,14 @@ class VAE(tf_keras.Model):
   the bound itself once beta = 1.
 
   `fit`, `evaluate` track loss, elbo, kl and reconstruction (= mean_k log p(x|z_k));
-  `predict` and `call` return the posterior mean.
+  `predict` and `call` return the posterior mean. Training draws z with the
+  stateless seed `posterior_noise_seed()`: a function of `seed`, the step and
+  the replica.
   """
 
   def __init__(self, encoder: tf_keras.Model, decoder: tf_keras.Model, latent_dim: int,
-               objective: str = "elbo", num_samples: int = 1, analytic_kl: bool = True, **kwargs):
+               objective: str = "elbo", num_samples: int = 1, analytic_kl: bool = True, seed: int = 0,
+               **kwargs):
     super().__init__(**kwargs)
     if objective not in ("elbo", "iwae"):
       raise ValueError(f"objective must be 'elbo' or 'iwae'; got {objective!r}.")
@@ -47,6 +50,7 @@ class VAE(tf_keras.Model):
     self.objective = objective
     self.num_samples = num_samples
     self.analytic_kl = analytic_kl
+    self.seed = seed
     self.beta = tf.Variable(1.0, trainable=False, name="kl_weight")
     self._trackers = [tf_keras.metrics.Mean(name) for name in ("loss", "elbo", "kl", "reconstruction")]
 
@@ -67,11 +71,11 @@ class VAE(tf_keras.Model):
     repeated = tf.reshape(tf.repeat(images[tf.newaxis], num_samples, axis=0), [num_samples * batch, -1])
     return tf.reshape(likelihood.log_prob(repeated), [num_samples, batch])
 
-  def objective_terms(self, images: tf.Tensor, training=False) -> dict:
-    """loss (scalar) and per-batch means of elbo, kl, reconstruction."""
+  def objective_terms(self, images: tf.Tensor, training=False, seed=None) -> dict:
+    """loss (scalar) and per-batch means of elbo, kl, reconstruction; z drawn with `seed` (stateless if given)."""
     images = checked_images(images, int(self.encoder.inputs[0].shape[-1]))
     posterior = self.encoder(images, training=training)
-    z = posterior.sample(self.num_samples)
+    z = posterior.sample(self.num_samples, seed=seed)
     log_likelihood = self.log_likelihood(images, z, training=training)
     prior = self.prior(z.dtype)
     if self.analytic_kl:
@@ -101,7 +105,7 @@ class VAE(tf_keras.Model):
     images = data[0] if isinstance(data, tuple) else data
     share = _share_of_global_batch(images)
     with tf.GradientTape() as tape:
-      terms = self.objective_terms(images, training=True)
+      terms = self.objective_terms(images, training=True, seed=self.posterior_noise_seed())
       # tf.distribute SUMS the replicas' gradients, so each replica differentiates its part of the
       # global-batch mean, loss_r * n_r / n; on one device share = 1. multiply_no_nan: an empty
       # replica batch (loss_r = NaN) contributes 0.
@@ -109,6 +113,22 @@ class VAE(tf_keras.Model):
     gradients = tape.gradient(loss, self.trainable_variables)
     self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
     return self._record(terms, share)
+
+  def posterior_noise_seed(self) -> tf.Tensor:
+    """The stateless seed of this training step's posterior noise on this replica.
+
+    ```none
+    seed = fold_in((self.seed, step), replica id among all replicas of all workers)
+    ```
+
+    Workers of a cluster trace the same graph, so stateful random ops would draw
+    the same noise on every worker; the fold-in keeps replicas' draws
+    independent. The step is the optimizer's, so a run resumed from a backup
+    draws what the uninterrupted run would have.
+    """
+    step = tf.cast(self.optimizer.iterations % (2**31 - 1), tf.int32)
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(self.seed, tf.int32), step]), replica)
 
   def test_step(self, data):
     images = data[0] if isinstance(data, tuple) else data
@@ -119,7 +139,7 @@ class VAE(tf_keras.Model):
                 encoder=tf_keras.saving.serialize_keras_object(self.encoder),
                 decoder=tf_keras.saving.serialize_keras_object(self.decoder),
                 latent_dim=self.latent_dim, objective=self.objective,
-                num_samples=self.num_samples, analytic_kl=self.analytic_kl)
+                num_samples=self.num_samples, analytic_kl=self.analytic_kl, seed=self.seed)
 
   @classmethod
   def from_config(cls, config: dict):
@@ -191,7 +211,7 @@ def build_vae(config: VAEConfig) -> VAE:
   """The VAE of a configuration, compiled with Adam (and global-norm clipping when set), XLA if asked."""
   tf_keras.utils.set_random_seed(config.seed)
   model = VAE(build_encoder(config), build_decoder(config), config.latent_dim, objective=config.objective,
-              num_samples=config.num_samples, analytic_kl=config.analytic_kl, name="vae")
+              num_samples=config.num_samples, analytic_kl=config.analytic_kl, seed=config.seed, name="vae")
   model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate,
                                                    global_clipnorm=config.clip_global_norm),
                 jit_compile=config.jit_compile)
