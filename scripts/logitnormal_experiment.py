@@ -53,16 +53,17 @@ ROWS = tuple(Row(row_name(likelihood, posterior),
 def draw_samples(experiment: Experiment, rows: Sequence[Row], figures: pathlib.Path) -> None:
   """`tfggm sample` of every finished row into figures/logitnormal/<row>.png, redrawn when the run is newer.
 
-  `tfggm sample` shows, for z ~ p(z), the decoder's median image
-  sigmoid(mu(z)) (unsquashed), not a draw x ~ p(x | z): the pixel precision
-  shapes these images only through training.
+  Each image is a draw x ~ p(x | z) for z ~ p(z) (`tfggm sample --draw sample`): the likelihood's own pixel
+  noise, correlated along the pixel grid for the grid likelihoods. The median image sigmoid(mu(z)) would not
+  show the pixel precision at all.
   """
   (figures / "logitnormal").mkdir(parents=True, exist_ok=True)
   for row in rows:
     png = figures / "logitnormal" / f"{row.name}.png"
     weights = experiment.run_dir(row) / "best.weights.h5"
     if experiment.is_finished(row) and (not png.exists() or png.stat().st_mtime < weights.stat().st_mtime):
-      experiment.tfggm(row, "sample", str(experiment.run_dir(row)), "--num", "64", "--out", str(png))
+      experiment.tfggm(row, "sample", str(experiment.run_dir(row)), "--num", "64", "--draw", "sample",
+                       "--out", str(png))
 
 
 def sample_figure(figures: pathlib.Path) -> None:

@@ -75,6 +75,8 @@ def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
   assert report["test_log_likelihood"]["num_examples"] == 40
   assert report["test_log_likelihood"]["mean"] >= report["test_elbo"]["mean"] - 3 * report["test_elbo"]["stderr"]
   assert _tfggm("sample", run, "--num", 6) == 0 and (run / "samples.png").stat().st_size > 0
+  assert _tfggm("sample", run, "--num", 6, "--draw", "sample", "--out", tmp_path / "draws.png") == 0
+  assert (tmp_path / "draws.png").stat().st_size > 0
   for version in (1, 2):
     assert _tfggm("export", run, "--to", tmp_path / "models" / "mnist") == 0
     assert (tmp_path / "models" / "mnist" / str(version) / "saved_model.pb").exists()

@@ -114,3 +114,20 @@ def test_posterior_noise_is_a_function_of_seed_and_step():
   assert len({tuple(s.numpy()) for s in (seed, other, later)}) == 3
   assert model.objective_terms(images, seed=seed)["loss"] != model.objective_terms(images, seed=later)["loss"]
   assert build_vae(config).get_config()["seed"] == 4
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "logit_normal_grid"])
+def test_drawn_images_are_means_or_likelihood_samples(likelihood):
+  from tfggm.callbacks import draw_images
+  decoder = build_vae(VAEConfig(posterior="diagonal", likelihood=likelihood, hidden_units=(16,))).decoder
+  z = tf.random.stateless_normal([5, 16], seed=[0, 0])
+  mean = draw_images(decoder, z, "mean").numpy()
+  draws = [draw_images(decoder, z, "sample", seed=s).numpy() for s in ([1, 0], [1, 0], [2, 0])]
+  assert mean.shape == draws[0].shape == (5, 784)
+  assert 0.0 < mean.min() and mean.max() < 1.0 and 0.0 <= draws[0].min() and draws[0].max() <= 1.0
+  np.testing.assert_array_equal(draws[0], draws[1])  # a stateless seed
+  assert not np.array_equal(draws[0], draws[2]) and not np.allclose(draws[0], mean, atol=1e-3)
+  if likelihood == "bernoulli":
+    assert set(np.unique(draws[0])) <= {0.0, 1.0}
+  with pytest.raises(ValueError, match="draw must be one of"):
+    draw_images(decoder, z, "mode")

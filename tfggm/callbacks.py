@@ -29,6 +29,21 @@ def decode_images(decoder: tf_keras.Model, z: tf.Tensor) -> tf.Tensor:
   return likelihood_images(decoder, decoder(z))
 
 
+DRAWS = ("mean", "sample")
+
+
+def draw_images(decoder: tf_keras.Model, z: tf.Tensor, draw: str = "mean", seed=(0, 0)) -> tf.Tensor:
+  """Images in [0, 1] for latents z: the likelihood's mean image ("mean", see `likelihood_images`), or one
+  draw x ~ p(x|z) with a stateless `seed` ("sample": binary pixels for Bernoulli; for a logit-normal, its
+  pixel noise, correlated along the stencil, clipped to [0, 1] after unsquashing)."""
+  if draw not in DRAWS:
+    raise ValueError(f"draw must be one of {DRAWS}; got {draw!r}.")
+  likelihood = decoder(z)
+  if draw == "mean":
+    return likelihood_images(decoder, likelihood)
+  return tf.clip_by_value(likelihood.sample(seed=tf.constant(seed, tf.int32)), 0.0, 1.0)
+
+
 class KLWarmup(tf_keras.callbacks.Callback):
   """beta = min(1, epoch / warmup_epochs) on the KL term, logged as `kl_weight`."""
 

@@ -87,12 +87,12 @@ def _sample(args) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import tensorflow as tf
-  from tfggm.callbacks import decode_images
+  from tfggm.callbacks import draw_images
   from tfggm.data import IMAGE_SHAPE
   from tfggm.runs import load_run
   _, model = load_run(args.run_dir, weights=args.weights)
   z = tf.random.stateless_normal([args.num, model.latent_dim], seed=[args.seed, 0])
-  images = decode_images(model.decoder, z).numpy().reshape(-1, *IMAGE_SHAPE)
+  images = draw_images(model.decoder, z, args.draw, seed=[args.seed, 1]).numpy().reshape(-1, *IMAGE_SHAPE)
   columns = int(min(args.num, 8))
   rows = -(-args.num // columns)
   figure, axes = plt.subplots(rows, columns, figsize=(columns, rows), squeeze=False)
@@ -106,6 +106,7 @@ def _sample(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from tfggm.callbacks import DRAWS
   from tfggm.distribute import STRATEGIES
   formatter = argparse.ArgumentDefaultsHelpFormatter
   parser = argparse.ArgumentParser(prog="tfggm", formatter_class=formatter,
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--seed", type=int, default=0)
   sample.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
   sample.add_argument("--weights", default="best.weights.h5", choices=["best.weights.h5", "final.weights.h5"])
+  sample.add_argument("--draw", default="mean", choices=DRAWS,
+                      help="mean: p(x|z)'s mean image (logit-normal: its median); sample: x ~ p(x|z)")
   sample.set_defaults(handler=_sample)
   return parser
 
