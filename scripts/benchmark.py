@@ -107,9 +107,10 @@ def implementations(n: int, b: int, batch: int) -> dict:
           kl=lambda loc, bands, eps: tfd.kl_divergence(ggm(loc, bands), prior),
           variance=lambda loc, bands, eps: ggm(loc, bands).variance(),
           cholesky=lambda loc, bands, eps: tfggm.linalg.cholesky(tfggm.linalg.outer_product(bands))),
-      "tf_banded": dict(
-          sample=_tf_banded_sample,
-          log_prob=lambda loc, bands, eps: ggm(loc, bands).log_prob(eps)),
+      # Two more solves; their log_prob (a matvec, which TensorFlow lacks for bands) is ours.
+      "tfggm_blocks": dict(  # the other solve algorithm, to show where each one wins
+          sample=lambda loc, bands, eps: loc + tfggm.linalg.solve_vec(bands, eps, transpose=True, algorithm="blocks")),
+      "tf_banded": dict(sample=_tf_banded_sample),
       "diagonal": dict(
           sample=lambda loc, bands, eps: loc + eps / bands[:, 0],
           log_prob=lambda loc, bands, eps: tfd.MultivariateNormalDiag(loc, 1 / bands[:, 0]).log_prob(eps),
@@ -135,8 +136,9 @@ def implementations(n: int, b: int, batch: int) -> dict:
   dense_fits = 4.0 * batch * n * n * 3 <= DENSE_LIMIT_BYTES
   for name, ops in impls.items():
     # tf.linalg.banded_triangular_solve's registered gradient forms a dense n x n product per matrix.
-    if "sample" in ops and "log_prob" in ops and (name != "tf_banded" or dense_fits):
-      ops["sample_log_prob_grad"] = _sample_log_prob_gradient(ops["sample"], ops["log_prob"])
+    if name != "tf_banded" or dense_fits:
+      log_prob = ops.get("log_prob", impls["tfggm"]["log_prob"])
+      ops["sample_log_prob_grad"] = _sample_log_prob_gradient(ops["sample"], log_prob)
   return impls
 
 
@@ -264,6 +266,8 @@ def run(args) -> list[dict]:
     loc, bands = (tf.constant(a) for a in random_factor(n, b, batch))
     eps = tf.constant(np.random.default_rng(1).normal(size=(batch, n)).astype(np.float32))
     for name, ops in implementations(n, b, batch).items():
+      if args.implementations and name not in args.implementations:
+        continue
       for operation in args.operations:
         if operation not in ops:
           continue
@@ -285,7 +289,7 @@ def run(args) -> list[dict]:
 
 def tables(records: list[dict]) -> str:
   """One markdown table per operation: time of each implementation and its ratio to ours."""
-  names = ["tfggm", "tf_banded", "dense_tril", "precision_linop", "diagonal", "memory_bound"]
+  names = ["tfggm", "tfggm_blocks", "tf_banded", "dense_tril", "precision_linop", "diagonal", "memory_bound"]
   lines = []
   for operation in OPERATIONS:
     rows = [r for r in records if r["operation"] == operation]
@@ -341,6 +345,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--jit", action="store_true", help="compile every call with XLA")
   parser.add_argument("--operations", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
+  parser.add_argument("--implementations", nargs="+", default=None,
+                      help="only these (tfggm, tfggm_blocks, tf_banded, dense_tril, precision_linop, diagonal)")
   parser.add_argument("--vae-steps", action="store_true", help="only the VAE training steps (XLA and not)")
   parser.add_argument("--out", type=pathlib.Path, default=None,
                       help="output stem (default docs/results/benchmark, or docs/results/vae_steps)")

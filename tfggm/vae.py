@@ -126,8 +126,11 @@ class VAE(tf_keras.Model):
     independent. The step is the optimizer's, so a run resumed from a backup
     draws what the uninterrupted run would have.
     """
+    context = tf.distribute.get_replica_context()
+    if context is None:
+      raise RuntimeError("posterior_noise_seed() runs per replica: call it in train_step or strategy.run.")
     step = tf.cast(self.optimizer.iterations % (2**31 - 1), tf.int32)
-    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    replica = context.replica_id_in_sync_group
     return tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(self.seed, tf.int32), step]), replica)
 
   def test_step(self, data):

@@ -88,7 +88,8 @@ def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.
   precision_p = linalg.outer_product(p_bands)
   products = tf.reduce_sum(sigma_q * precision_p, axis=-1)  # [..., b_p + 1]
   trace = 2.0 * tf.reduce_sum(products, axis=-1) - products[..., 0]
-  quadratic = tf.reduce_sum(tf.square(linalg.matvec_transpose(p_bands, p.mean() - q.mean())), -1)
+  quadratic = tf.reduce_sum(tf.square(linalg.matvec_transpose(p.precision_factor_bands, p.mean() - q.mean(),
+                                                              lags=p.lags)), -1)
   n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
   return 0.5 * (trace + quadratic - n) + linalg.log_determinant(q_bands) - linalg.log_determinant(p_bands)
 

@@ -190,7 +190,7 @@ def log_determinant(bands: tf.Tensor) -> tf.Tensor:
 
 
 def zero_outside_matrix(bands: tf.Tensor) -> tf.Tensor:
-  """Sets bands[..., k, i] = 0 where i < k (entries that lie outside L)."""
+  """Sets bands[..., k, i] = 0 where i < k (entries that lie outside L); bands at every lag 0..b."""
   bands = tf.convert_to_tensor(bands)
   n, b = check_bands(bands)
   inside = np.arange(n)[None, :] >= np.arange(b + 1)[:, None]
@@ -205,7 +205,8 @@ def _dense_index(n: int, b: int) -> np.ndarray:
 
 
 def dense_from_bands(bands: tf.Tensor) -> tf.Tensor:
-  """The dense lower-triangular L [..., n, n]: O(n^2), for inspection and tests."""
+  """The dense lower-triangular L [..., n, n] of bands at every lag 0..b (`bands_at_all_lags` expands
+  others): O(n^2), for inspection and tests."""
   bands = tf.convert_to_tensor(bands)
   n, b = check_bands(bands)
   bands = zero_outside_matrix(bands)
