@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import check_bands, shift_rows
+from tfggm.linalg.bands import check_bands
 from tfggm.linalg.compilation import xla_kernel
 
 __all__ = ["row_substitution"]
@@ -14,18 +14,20 @@ __all__ = ["row_substitution"]
 def row_substitution(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, lags: tuple[int, ...]) -> tf.Tensor:
   """Solves L y = rhs (or L^T y = rhs) one row at a time, all matrices and columns at once.
 
+  Both directions read L row by row, `bands[:, i] = (L[i, i - k])_k`, the
+  layout the bands are stored in:
+
   ```none
-  L y = x:    y_i = (x_i - sum_{k=1..b} L[i, i-k] y_{i-k}) / L_ii      i = 0 .. n-1
-  L^T y = x:  y_j = (x_j - sum_{k=1..b} L[j+k, j] y_{j+k}) / L_jj      j = n-1 .. 0
+  L y = x:    y_i = (x_i - sum_k L[i, i-k] y_{i-k}) / L_ii          i = 0 .. n-1  (dot product)
+  L^T y = x:  y_i = (x_i - w_i) / L_ii,  then w_{i-k} += L[i, i-k] y_i     i = n-1 .. 0  (axpy)
   ```
 
-  where k runs over the lags of the rows of `bands`. n sequential steps, each a
-  dot product over the len(lags) - 1 off-diagonal lags for every matrix and
-  column: O(n R r) flops per matrix, the arithmetic of the band itself. The
-  batch is the vector axis (time-major layout [n, ..., lanes]) and the last b
-  solutions ride along as a window, so a step touches O(b lanes) memory. The
-  transposed system is the same recurrence run backwards on the rows shifted
-  left by their lags, `bands[j, i + lags[j]]`.
+  where k runs over the off-diagonal lags of `bands`. n sequential steps of
+  O(R r) work per matrix: O(n R r) flops, the arithmetic of the band itself.
+  The batch is the vector axis: the rows of L are laid out time-major,
+  [R, n, lanes], by one 2-D transpose (the only pass over the bands besides
+  the loop's own read), and the last b solutions (L y = x) or the next b
+  pending sums w (L^T y = x) ride along as a window of O(b lanes) memory.
 
   Args:
     bands: L at the given lags, [lanes, R, n] (batch already flattened).
@@ -37,33 +39,44 @@ def row_substitution(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, lags: tu
     y, [lanes, n, r].
   """
   n, _ = check_bands(bands)
-  b = lags[-1]
+  num_rows, b = len(lags), lags[-1]
   if b == 0:
     return rhs / bands[:, 0, :, tf.newaxis]
-  coefficients = shift_rows(bands, -1, lags) if transpose else bands  # coefficient of y_{i -/+ k}
-  coefficients = tf.transpose(coefficients, [2, 1, 0])  # [n, b + 1, lanes]
-  x = tf.transpose(rhs, [1, 0, 2])  # [n, lanes, r]
   single_column = rhs.shape[-1] == 1  # then lanes is the innermost axis: about 30% faster
-  x = x[..., 0] if single_column else x
-  coefficients = coefficients if single_column else coefficients[..., tf.newaxis]
+  rows = tf.reshape(tf.transpose(tf.reshape(bands, [-1, num_rows * n])), [num_rows, n, -1])  # [R, n, lanes]
+  x = tf.transpose(rhs[..., 0]) if single_column else tf.transpose(rhs, [1, 0, 2])  # [n, lanes(, r)]
+  rows = rows if single_column else rows[..., tf.newaxis]
   if transpose:
-    coefficients, x = tf.reverse(coefficients, [0]), tf.reverse(x, [0])
-  diagonal = coefficients[:, 0]
-  lagged = tf.reverse(coefficients[:, 1:], [1])  # lagged[i, m] multiplies window[positions[m]]
-  positions = [b - k for k in reversed(lags[1:])]  # window[b - k] holds y_{i-k}
-  every_position = positions == list(range(b))
+    rows, x = tf.reverse(rows, [1]), tf.reverse(x, [0])  # step t solves for y_{n-1-t}
+  diagonal, lagged = rows[0], rows[1:]
+  full_band = lags == tuple(range(b + 1))
 
-  def step(i, window, solutions):
-    terms = window if every_position else tf.gather(window, positions, axis=0)
-    y_i = (x[i] - tf.reduce_sum(lagged[i] * terms, axis=0)) / diagonal[i]
-    return i + 1, tf.concat([window[1:], y_i[tf.newaxis]], axis=0), solutions.write(i, y_i)
+  def dot_step(i, window):
+    """window[k - 1] = y_{i-k}."""
+    terms = window if full_band else tf.gather(window, [k - 1 for k in lags[1:]], axis=0)
+    y_i = (x[i] - tf.reduce_sum(lagged[:, i] * terms, axis=0)) / diagonal[i]
+    return y_i, tf.concat([y_i[tf.newaxis], window[:-1]], axis=0)
+
+  def axpy_step(i, window):
+    """window[k - 1] = w of the row k steps ahead."""
+    y_i = (x[i] - window[0]) / diagonal[i]
+    shifted = tf.concat([window[1:], tf.zeros_like(window[:1])], axis=0)
+    updates = lagged[:, i] * y_i
+    if full_band:
+      return y_i, shifted + updates
+    return y_i, tf.tensor_scatter_nd_add(shifted, [[k - 1] for k in lags[1:]], updates)
+
+  step = axpy_step if transpose else dot_step
+
+  def body(i, window, solutions):
+    y_i, window = step(i, window)
+    return i + 1, window, solutions.write(i, y_i)
 
   window = tf.zeros(tf.concat([[b], tf.shape(x)[1:]], 0), x.dtype)
   solutions = tf.TensorArray(x.dtype, size=n, element_shape=x.shape[1:])
-  _, _, solutions = tf.while_loop(lambda i, *_: i < n, step, (tf.constant(0), window, solutions),
+  _, _, solutions = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), window, solutions),
                                   maximum_iterations=n)
   y = solutions.stack()
   if transpose:
     y = tf.reverse(y, [0])
-  y = y[..., tf.newaxis] if single_column else y
-  return tf.transpose(y, [1, 0, 2])
+  return tf.transpose(y)[..., tf.newaxis] if single_column else tf.transpose(y, [1, 0, 2])
