@@ -175,31 +175,34 @@ VAE_ROWS = {  # name -> (posterior, likelihood); ratios are taken to the first r
 }
 
 
-def vae_step_seconds(posterior: str, likelihood: str, jit: bool, batch: int = 100, steps: int = 50) -> float:
-  """Median seconds per `model.fit` step (paper architecture, batch 100) over --repeats epochs of `steps`."""
-  config = VAEConfig(posterior=posterior, likelihood=likelihood, batch_size=batch, jit_compile=jit)
-  model = build_vae(config)
-  rng = np.random.default_rng(0)
-  images = rng.uniform(0.02, 0.98, size=(batch * steps, NUM_PIXELS)).astype(np.float32)
+def _warm_vae(posterior: str, likelihood: str, jit: bool, batch: int, steps: int):
+  """A compiled VAE (paper architecture) and its synthetic dataset, after two epochs of warm-up."""
+  model = build_vae(VAEConfig(posterior=posterior, likelihood=likelihood, batch_size=batch, jit_compile=jit))
+  images = np.random.default_rng(0).uniform(0.02, 0.98, size=(batch * steps, NUM_PIXELS)).astype(np.float32)
   if likelihood == "bernoulli":
     images = (images > 0.5).astype(np.float32)
   dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch).cache().repeat()
   model.fit(dataset, epochs=2, steps_per_epoch=steps, verbose=0)  # traces, compiles, warms up
-  seconds = []
-  for _ in range(ARGS.repeats):
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-    seconds.append((time.perf_counter() - start) / steps)
-  return statistics.median(seconds)
+  return model, dataset
 
 
-def vae_steps(jit: bool) -> list[dict]:
+def vae_steps(jit: bool, batch: int = 100, steps: int = 50) -> list[dict]:
+  """Median seconds per `model.fit` step over --repeats epochs of `steps`, the rows of a group interleaved
+  (one epoch of each row per round), so that a drift of the machine's speed hits every row alike."""
   records = []
   for group, rows in VAE_ROWS.items():
-    for posterior, likelihood in rows:
-      seconds = vae_step_seconds(posterior, likelihood, jit)
-      records.append(dict(group=group, posterior=posterior, likelihood=likelihood, jit=jit, seconds=seconds))
-      print(f"  VAE step {posterior:14s} {likelihood:28s} jit={int(jit)} {1e3 * seconds:8.2f} ms", flush=True)
+    warm = [_warm_vae(posterior, likelihood, jit, batch, steps) for posterior, likelihood in rows]
+    seconds = [[] for _ in rows]
+    for _ in range(ARGS.repeats):
+      for (model, dataset), times in zip(warm, seconds):
+        start = time.perf_counter()
+        model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+        times.append((time.perf_counter() - start) / steps)
+    for (posterior, likelihood), times in zip(rows, seconds):
+      records.append(dict(group=group, posterior=posterior, likelihood=likelihood, jit=jit,
+                          seconds=statistics.median(times)))
+      print(f"  VAE step {posterior:14s} {likelihood:28s} jit={int(jit)} {1e3 * records[-1]['seconds']:8.2f} ms",
+            flush=True)
   return records
 
 
