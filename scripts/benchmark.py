@@ -403,7 +403,7 @@ def main() -> None:
                       help="only these (tfggm, tfggm_blocks, tf_banded, dense_tril, precision_linop, diagonal)")
   parser.add_argument("--vae-steps", action="store_true", help="only the VAE training steps (XLA and not)")
   parser.add_argument("--from-json", action="store_true",
-                      help="measure nothing: rebuild the tables and the plot from OUT.json")
+                      help="measure nothing: rebuild the tables and the plot from OUT.json (or OUT.partial.json)")
   parser.add_argument("--out", type=pathlib.Path, default=None,
                       help="output stem (default docs/results/benchmark, or docs/results/vae_steps)")
   ARGS = parser.parse_args()
@@ -416,9 +416,11 @@ def main() -> None:
     ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, vae_steps=steps), indent=1) + "\n")
     text = vae_table(steps)
   else:
-    if ARGS.from_json:
-      stored = json.loads(ARGS.out.with_suffix(".json").read_text())
-      records, fits = stored["records"], stored["slopes"]
+    if ARGS.from_json:  # the finished run's JSON, or else the shapes an unfinished run has measured so far
+      finished = ARGS.out.with_suffix(".json")
+      stored = json.loads((finished if finished.exists() else ARGS.out.with_suffix(".partial.json")).read_text())
+      records = stored["records"]
+      fits = stored.get("slopes") or slopes(records)
     else:
       partial = ARGS.out.with_suffix(".partial.json")
       records = run(ARGS, partial)
