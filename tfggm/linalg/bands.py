@@ -18,6 +18,7 @@ __all__ = [
     "banded_outer",
     "bands_at_all_lags",
     "check_bands",
+    "is_every_lag",
     "resolve_lags",
     "shift_rows",
     "sum_to_shape",
@@ -55,6 +56,11 @@ def resolve_lags(bands: tf.Tensor, lags=None) -> tuple[int, ...]:
   return lags
 
 
+def is_every_lag(lags: tuple[int, ...]) -> bool:
+  """Whether `lags` is 0, 1, ..., b: the full band, with no lag left out."""
+  return lags == tuple(range(len(lags)))
+
+
 def bands_at_all_lags(bands: tf.Tensor, lags=None) -> tf.Tensor:
   """Bands at the given lags [..., R, n] -> the full layout [..., lags[-1] + 1, n] (zeros at other lags).
 
@@ -62,7 +68,7 @@ def bands_at_all_lags(bands: tf.Tensor, lags=None) -> tf.Tensor:
   """
   bands = tf.convert_to_tensor(bands)
   lags = resolve_lags(bands, lags)
-  if lags == tuple(range(len(lags))):
+  if is_every_lag(lags):
     return bands
   row_of_lag = {k: j for j, k in enumerate(lags)}
   index = [row_of_lag.get(k, len(lags)) for k in range(lags[-1] + 1)]  # len(lags): a row of zeros
@@ -84,7 +90,7 @@ def shift_rows(x: tf.Tensor, direction: int, lags=None) -> tf.Tensor:
   num_rows, size = int(x.shape[-2]), int(x.shape[-1])
   rank = x.shape.rank
   lags = resolve_lags(x, lags)
-  if lags != tuple(range(num_rows)):
+  if not is_every_lag(lags):
     rows = []
     for j, lag in enumerate(lags):
       lag = min(lag, size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import check_bands
+from tfggm.linalg.bands import check_bands, is_every_lag
 from tfggm.linalg.compilation import xla_kernel
 
 __all__ = ["row_substitution"]
@@ -49,7 +49,7 @@ def row_substitution(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, lags: tu
   if transpose:
     rows, x = tf.reverse(rows, [1]), tf.reverse(x, [0])  # step t solves for y_{n-1-t}
   diagonal, lagged = rows[0], rows[1:]
-  full_band = lags == tuple(range(b + 1))
+  full_band = is_every_lag(lags)
 
   def dot_step(i, window):
     """window[k - 1] = y_{i-k}."""

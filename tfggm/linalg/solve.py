@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import banded_outer, bands_at_all_lags, check_bands, resolve_lags, sum_to_shape
+from tfggm.linalg.bands import (banded_outer, bands_at_all_lags, check_bands, is_every_lag, resolve_lags,
+                                sum_to_shape)
 from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, row_blocks, shift_blocks, to_blocks
 from tfggm.linalg.row_substitution import row_substitution
 
@@ -54,7 +55,7 @@ def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, .
   rows_b, columns_b = row_blocks(rows, block), row_blocks(columns, block)
   band = from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
                      tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), lags[-1])
-  return band if lags == tuple(range(len(lags))) else tf.gather(band, lags, axis=-2)
+  return band if is_every_lag(lags) else tf.gather(band, lags, axis=-2)
 
 
 def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
