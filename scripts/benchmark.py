@@ -45,6 +45,7 @@ tfd = tfp.distributions
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPERATIONS = ("sample", "log_prob", "sample_log_prob_grad", "kl", "variance", "cholesky")
 DENSE_LIMIT_BYTES = 2e9
+MIN_TIMED_SECONDS, MAX_CALLS = 0.3, 500
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -58,10 +59,14 @@ def _status_kb(field: str) -> int:
 
 
 def measured(call) -> tuple[float, float]:
-  """(median seconds, peak bytes above the RSS before the call) of a compiled call."""
+  """(median seconds, peak bytes above the RSS before the call) of a compiled call.
+
+  At least --repeats timed calls, and more until they add up to MIN_TIMED_SECONDS (at most
+  MAX_CALLS): a sub-millisecond call is the median of hundreds, not of a handful swayed by the scheduler.
+  """
   call(), call()
   seconds = []
-  for _ in range(ARGS.repeats):
+  while len(seconds) < ARGS.repeats or (sum(seconds) < MIN_TIMED_SECONDS and len(seconds) < MAX_CALLS):
     start = time.perf_counter()
     tf.nest.map_structure(lambda t: t.numpy(), call())
     seconds.append(time.perf_counter() - start)
@@ -248,8 +253,9 @@ def slope_table(fits: list[dict]) -> str:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def shapes(quick: bool) -> list[tuple[int, int, int]]:
+def shapes(quick: bool, only_sizes=None) -> list[tuple[int, int, int]]:
   sizes = (16, 784, 4096) if quick else (16, 64, 784, 4096, 16384, 65536)
+  sizes = [n for n in sizes if not only_sizes or n in only_sizes]
   widths = (1, 28) if quick else (1, 4, 28, 64, 256)
   out = []
   for n in sizes:
@@ -261,7 +267,7 @@ def shapes(quick: bool) -> list[tuple[int, int, int]]:
           batch //= 2  # keep the bands under 256 MB
         if (n, b, batch) not in out:
           out.append((n, b, batch))
-  if not quick:
+  if not quick and 65536 in sizes:
     out.append((65536, 256, 8))  # a 256 x 256 pixel grid, batch 8: the memory target
   return out
 
@@ -272,7 +278,7 @@ def run(args, partial: pathlib.Path) -> list[dict]:
   records, bandwidth = stored["records"], stored["bandwidth"]
   done = {(r["n"], r["b"], r["batch"]) for r in records}
   print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s; {len(done)} shapes already measured in {partial}", flush=True)
-  for n, b, batch in shapes(args.quick):
+  for n, b, batch in shapes(args.quick, args.sizes):
     if (n, b, batch) in done:
       continue
     loc, bands = (tf.constant(a) for a in random_factor(n, b, batch))
@@ -402,6 +408,8 @@ def main() -> None:
   parser.add_argument("--implementations", nargs="+", default=None,
                       help="only these (tfggm, tfggm_blocks, tf_banded, dense_tril, precision_linop, diagonal)")
   parser.add_argument("--vae-steps", action="store_true", help="only the VAE training steps (XLA and not)")
+  parser.add_argument("--sizes", type=int, nargs="+", metavar="N", default=None,
+                      help="only the shapes with these n (e.g. after a change to the small-n kernels)")
   parser.add_argument("--from-json", action="store_true",
                       help="measure nothing: rebuild the tables and the plot from OUT.json (or OUT.partial.json)")
   parser.add_argument("--out", type=pathlib.Path, default=None,

@@ -203,31 +203,33 @@ def zero_outside_matrix(bands: tf.Tensor) -> tf.Tensor:
   return tf.where(inside, bands, tf.zeros([], bands.dtype))
 
 
-def _dense_index(n: int, b: int) -> np.ndarray:
-  """index[i, j] = position of L[i, j] in flattened bands, or (b + 1) n for zero."""
-  i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-  k = i - j
-  return np.where((k >= 0) & (k <= b), k * n + i, (b + 1) * n).astype(np.int32)
+def matrices_from_diagonals(diagonals: tf.Tensor, low: int, high: int, size: int) -> tf.Tensor:
+  """size x size matrices with diagonals low..high; `diagonals[..., i, :]` is diagonal high - i
+  (super-diagonals left-aligned, sub-diagonals right-aligned: `tf.linalg.diag`, XLA-compiled)."""
+  if low == high:
+    diagonals = diagonals[..., 0, :]
+  return tf.linalg.diag(diagonals, k=(low, high), num_rows=size, num_cols=size, align="LEFT_RIGHT")
+
+
+def diagonals_from_matrices(matrices: tf.Tensor, low: int, high: int) -> tf.Tensor:
+  """The inverse of `matrices_from_diagonals` (zeros where a diagonal is shorter than the longest)."""
+  diagonals = tf.linalg.diag_part(matrices, k=(low, high), align="LEFT_RIGHT")
+  return diagonals[..., tf.newaxis, :] if low == high else diagonals
 
 
 def dense_from_bands(bands: tf.Tensor) -> tf.Tensor:
   """The dense lower-triangular L [..., n, n] of bands at every lag 0..b (`bands_at_all_lags` expands
-  others): O(n^2), for inspection and tests."""
+  others): O(n^2), for inspection and tests. Lag k is sub-diagonal -k."""
   bands = tf.convert_to_tensor(bands)
   n, b = check_bands(bands)
-  bands = zero_outside_matrix(bands)
-  flat = tf.reshape(bands, tf.concat([tf.shape(bands)[:-2], [(b + 1) * n]], axis=0))
-  flat = tf.concat([flat, tf.zeros_like(flat[..., :1])], axis=-1)
-  return tf.gather(flat, _dense_index(n, b), axis=-1)
+  within = min(b, n - 1)
+  return matrices_from_diagonals(bands[..., : within + 1, :], -within, 0, n)
 
 
 def bands_from_dense(matrix: tf.Tensor, bandwidth: int) -> tf.Tensor:
-  """Compact bands [..., b + 1, n] of the lower band of a dense [..., n, n] matrix."""
+  """Compact bands [..., b + 1, n] of the lower band of a dense [..., n, n] matrix (zero where i < k)."""
   matrix = tf.convert_to_tensor(matrix)
   n = int(matrix.shape[-1])
-  k = np.arange(bandwidth + 1)[:, None]
-  i = np.arange(n)[None, :]
-  flat_index = np.where(i >= k, i * n + (i - k), n * n).astype(np.int32)
-  flat = tf.reshape(matrix, tf.concat([tf.shape(matrix)[:-2], [n * n]], axis=0))
-  flat = tf.concat([flat, tf.zeros_like(flat[..., :1])], axis=-1)
-  return tf.gather(flat, flat_index, axis=-1)
+  within = min(bandwidth, n - 1)
+  bands = diagonals_from_matrices(matrix, -within, 0)
+  return tf.pad(bands, [[0, 0]] * (bands.shape.rank - 2) + [[0, bandwidth - within], [0, 0]])

@@ -10,38 +10,48 @@ C_j = L[jB:(j+1)B, (j-1)B:jB]        non-zero only where c - r >= B - b;  C_0 = 
 ```
 
 In band coordinates `D_j[r, c] = bands[r - c, jB + r]` and
-`C_j[r, c] = bands[B + r - c, jB + r]`. Both directions are single gathers:
-O(n B) time and memory.
+`C_j[r, c] = bands[B + r - c, jB + r]`: lag k of block j is sub-diagonal -k of
+D_j and super-diagonal B - k of C_j, so both directions are TensorFlow's
+diagonal ops (`tf.linalg.diag` / `diag_part`, XLA-compiled, with each other as
+gradients): O(n B) time and memory.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
 
-from tfggm.linalg.bands import check_bands
+from tfggm.linalg.bands import check_bands, diagonals_from_matrices, matrices_from_diagonals
 
-__all__ = ["block_size_for", "to_blocks", "from_blocks", "row_blocks", "shift_blocks", "move_axis"]
+__all__ = ["block_size_for", "to_blocks", "from_blocks", "row_blocks", "shift_blocks", "move_axis", "scan_blocks"]
+
+
+ONE_BLOCK_MAX_SIZE = 64
 
 
 def block_size_for(n: int, bandwidth: int, block_size: int | None = None) -> int:
-  """The block size: at least the bandwidth, at most n; by default max(b, min(n, 16))."""
+  """The block size: at least the bandwidth, at most n.
+
+  By default the fewest equal blocks no smaller than B0 = max(b, 16):
+  m = floor(n / B0) blocks of B = ceil(n / m), so the padding m B - n stays
+  below m rows (n = 784, b = 256: three blocks of 262 rather than four of 256
+  padded to 1,024; `scripts/benchmark.py`: Cholesky, variance 1.3-1.5x faster).
+  n <= `ONE_BLOCK_MAX_SIZE` is one dense n x n block (B = n): there a
+  recursion of 2-4 small blocks costs more in loop and gather overhead than
+  the dense block's extra flops (n = 64, b = 28: variance, KL and Cholesky
+  2-4x faster as one block).
+  """
   if block_size is None:
-    block_size = max(bandwidth, min(n, 16), 1)
+    if n <= ONE_BLOCK_MAX_SIZE:
+      block_size = max(n, bandwidth, 1)
+    else:
+      num_blocks = max(1, n // max(bandwidth, 16))
+      block_size = -(-n // num_blocks)
   if block_size < max(bandwidth, 1):
     raise ValueError(f"block_size {block_size} must be >= the bandwidth {bandwidth} (and >= 1).")
   return max(1, min(block_size, max(n, bandwidth, 1)))
-
-
-def _block_gather_index(block: int, bandwidth: int) -> tuple[np.ndarray, np.ndarray]:
-  """Positions of D_j and C_j entries in a block's bands [b + 1, B] flattened (+1 zero slot)."""
-  r, c = np.meshgrid(np.arange(block), np.arange(block), indexing="ij")
-  zero_slot = (bandwidth + 1) * block
-  lag_d = r - c
-  index_d = np.where((lag_d >= 0) & (lag_d <= bandwidth), lag_d * block + r, zero_slot)
-  lag_c = block + r - c
-  index_c = np.where(lag_c <= bandwidth, lag_c * block + r, zero_slot)
-  return index_d.astype(np.int32), index_c.astype(np.int32)
 
 
 def to_blocks(bands: tf.Tensor, block: int, pad_diagonal: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
@@ -63,11 +73,12 @@ def to_blocks(bands: tf.Tensor, block: int, pad_diagonal: float = 1.0) -> tuple[
   per_block = tf.reshape(bands, tf.concat([batch, [b + 1, num_blocks, block]], 0))
   perm = list(range(rank - 2)) + [rank - 1, rank - 2, rank]
   per_block = tf.transpose(per_block, perm)  # [..., m, b + 1, B]
-  flat = tf.reshape(per_block, tf.concat([batch, [num_blocks, (b + 1) * block]], 0))
-  flat = tf.concat([flat, tf.zeros_like(flat[..., :1])], axis=-1)
-  index_d, index_c = _block_gather_index(block, b)
-  diag_blocks = tf.gather(flat, index_d, axis=-1)
-  sub_blocks = tf.gather(flat, index_c, axis=-1)
+  within = min(b, block - 1)  # lags inside a block's diagonal block
+  diag_blocks = matrices_from_diagonals(per_block[..., : within + 1, :], -within, 0, block)
+  if b == 0 or num_blocks == 1:  # no coupling: C_0 = 0
+    return diag_blocks, tf.zeros_like(diag_blocks)
+  # Lags 1..b: super-diagonals B - 1 .. B - b of C_j, each read from the first b rows of the block.
+  sub_blocks = matrices_from_diagonals(per_block[..., 1:, :b], block - b, block - 1, block)
   first_block = tf.one_hot(0, num_blocks, on_value=0.0, off_value=1.0, dtype=bands.dtype)
   sub_blocks = sub_blocks * first_block[:, tf.newaxis, tf.newaxis]
   return diag_blocks, sub_blocks
@@ -81,12 +92,13 @@ def from_blocks(diag_blocks: tf.Tensor, sub_blocks: tf.Tensor, n: int, bandwidth
   """
   block = int(diag_blocks.shape[-1])
   num_blocks = -(-n // block)
-  k, r = np.meshgrid(np.arange(bandwidth + 1), np.arange(block), indexing="ij")
-  index = np.where(k <= r, r * block + (r - k), block * block + r * block + (block + r - k))
-  both = tf.concat([diag_blocks, sub_blocks], axis=-2)  # [..., m, 2B, B]
-  batch = tf.shape(both)[:-3]
-  flat = tf.reshape(both, tf.concat([batch, [num_blocks, 2 * block * block]], 0))
-  per_block = tf.gather(flat, index.astype(np.int32), axis=-1)  # [..., m, b + 1, B]
+  within = min(bandwidth, block - 1)
+  per_block = tf.pad(diagonals_from_matrices(diag_blocks, -within, 0),  # [..., m, b + 1, B]
+                     [[0, 0]] * (diag_blocks.shape.rank - 2) + [[0, bandwidth - within], [0, 0]])
+  if bandwidth > 0 and num_blocks > 1:  # C_0 holds no entry of the band
+    from_sub = diagonals_from_matrices(sub_blocks, block - bandwidth, block - 1)  # [..., m, b, b]
+    per_block += tf.pad(from_sub, [[0, 0]] * (sub_blocks.shape.rank - 2) + [[1, 0], [0, block - bandwidth]])
+  batch = tf.shape(per_block)[:-3]
   rank = per_block.shape.rank
   perm = list(range(rank - 3)) + [rank - 2, rank - 3, rank - 1]
   bands = tf.reshape(tf.transpose(per_block, perm),
@@ -116,3 +128,24 @@ def move_axis(x: tf.Tensor, source: int, destination: int) -> tf.Tensor:
   perm = list(range(rank))
   perm.insert(destination % rank, perm.pop(source % rank))
   return tf.transpose(x, perm)
+
+
+def scan_blocks(step: Callable, first: Callable, blocks, reverse: bool = False):
+  """The block recursion `carry_j = step(carry_{j-1}, blocks_j)`, started by `carry_0 = first(blocks_0)`.
+
+  `blocks` is a structure of tensors [..., m, B, B'] (blocks along axis -3);
+  with `reverse`, the recursion starts at block m - 1 and runs down to 0.
+  Returns the carries stacked along axis -3. m - 1 loop steps: a single dense
+  block (m = 1, see `block_size_for`) is one call of `first`, without a loop.
+  """
+  front = tf.nest.map_structure(lambda t: move_axis(t, -3, 0), blocks)
+  num_blocks = tf.nest.flatten(front)[0].shape[0]
+  initial = first(tf.nest.map_structure(lambda t: t[-1 if reverse else 0], front))
+  if num_blocks == 1:
+    stacked = tf.nest.map_structure(lambda c: c[tf.newaxis], initial)
+  else:
+    rest = tf.nest.map_structure(lambda t: t[:-1] if reverse else t[1:], front)
+    carries = tf.scan(step, rest, initializer=initial, reverse=reverse)
+    stacked = tf.nest.map_structure(
+        lambda c, i: tf.concat([c, i[tf.newaxis]] if reverse else [i[tf.newaxis], c], 0), carries, initial)
+  return tf.nest.map_structure(lambda t: move_axis(t, 0, -3), stacked)

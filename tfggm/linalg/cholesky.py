@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
-from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, shift_blocks, to_blocks
+from tfggm.linalg.blocks import block_size_for, from_blocks, scan_blocks, to_blocks
 
 __all__ = ["cholesky", "outer_product"]
 
@@ -46,25 +46,27 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None) -> tf.Te
     diag = tf.linalg.cholesky(a - tf.matmul(coupling, coupling, adjoint_b=True))
     return diag, coupling
 
-  full_f, below_f = move_axis(full, -3, 0), move_axis(below, -3, 0)
-  identity = tf.eye(block, batch_shape=tf.shape(full_f)[1:-2], dtype=full.dtype)
-  diag_blocks, sub_blocks = tf.scan(step, (full_f, below_f),
-                                    initializer=(identity, tf.zeros_like(identity)))
-  return from_blocks(move_axis(diag_blocks, 0, -3), move_axis(sub_blocks, 0, -3), n, b)
+  def first(blocks):
+    a, e = blocks  # e = C_0 = 0
+    return tf.linalg.cholesky(a), e
+
+  diag_blocks, sub_blocks = scan_blocks(step, first, (full, below))
+  return from_blocks(diag_blocks, sub_blocks, n, b)
 
 
 def outer_product(factor_bands: tf.Tensor, block_size: int | None = None) -> tf.Tensor:
   """Lower bands of P = L L^T from the bands of L (the same bandwidth b).
 
   Blockwise: A_j = D_j D_j^T + C_j C_j^T and E_j = C_j D_{j-1}^T, all blocks at
-  once: O(n B^2).
+  once (C_0 = 0, so E_0 = 0 and A_0 = D_0 D_0^T): O(n B^2).
   """
   factor_bands = tf.convert_to_tensor(factor_bands)
   n, b = check_bands(factor_bands)
   block = block_size_for(n, b, block_size)
   diag_blocks, sub_blocks = to_blocks(factor_bands, block)
-  previous = shift_blocks(diag_blocks, -1)
+  coupled = sub_blocks[..., 1:, :, :]  # C_1 .. C_{m-1}
+  zero_block = tf.zeros_like(diag_blocks[..., :1, :, :])
   a = (tf.matmul(diag_blocks, diag_blocks, adjoint_b=True)
-       + tf.matmul(sub_blocks, sub_blocks, adjoint_b=True))
-  e = tf.matmul(sub_blocks, previous, adjoint_b=True)
+       + tf.concat([zero_block, tf.matmul(coupled, coupled, adjoint_b=True)], -3))
+  e = tf.concat([zero_block, tf.matmul(coupled, diag_blocks[..., :-1, :, :], adjoint_b=True)], -3)
   return from_blocks(a, e, n, b)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm.linalg.bands import check_bands
-from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, shift_blocks, to_blocks
+from tfggm.linalg.blocks import block_size_for, from_blocks, scan_blocks, to_blocks
 
 __all__ = ["selected_inversion"]
 
@@ -55,16 +55,15 @@ def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
   identity = tf.eye(block, dtype=factor_bands.dtype)
   diag_inverse = tf.linalg.triangular_solve(diag_blocks, tf.broadcast_to(identity, tf.shape(diag_blocks)),
                                             lower=True)
-  f = tf.linalg.matrix_transpose(tf.matmul(shift_blocks(sub_blocks, +1), diag_inverse))
+  f = tf.linalg.matrix_transpose(tf.matmul(sub_blocks[..., 1:, :, :], diag_inverse[..., :-1, :, :]))  # F_0..F_{m-2}
   q = tf.matmul(diag_inverse, diag_inverse, adjoint_a=True)
+  zero_block = tf.zeros_like(q[..., :1, :, :])
 
   def step(sigma_next, blocks):
     f_i, q_i = blocks
     return q_i + tf.matmul(tf.matmul(f_i, sigma_next), f_i, adjoint_b=True)
 
-  f_front = move_axis(f, -3, 0)
-  sigma_diag = tf.scan(step, (f_front, move_axis(q, -3, 0)), initializer=tf.zeros_like(f_front[0]),
-                       reverse=True)
-  sigma_diag = move_axis(sigma_diag, 0, -3)
-  sigma_below = -tf.matmul(sigma_diag, shift_blocks(f, -1), adjoint_b=True)
+  # Sigma_{m-1,m-1} = Q_{m-1} starts the recursion (F_{m-1} = 0 is never used).
+  sigma_diag = scan_blocks(step, lambda blocks: blocks[1], (tf.concat([f, zero_block], -3), q), reverse=True)
+  sigma_below = tf.concat([zero_block, -tf.matmul(sigma_diag[..., 1:, :, :], f, adjoint_b=True)], -3)
   return from_blocks(sigma_diag, sigma_below, n, bandwidth)

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from tfggm.linalg.bands import (banded_outer, bands_at_all_lags, check_bands, is_every_lag, resolve_lags,
                                 sum_to_shape)
-from tfggm.linalg.blocks import block_size_for, from_blocks, move_axis, row_blocks, shift_blocks, to_blocks
+from tfggm.linalg.blocks import (block_size_for, from_blocks, move_axis, row_blocks, scan_blocks, shift_blocks,
+                                 to_blocks)
 from tfggm.linalg.row_substitution import row_substitution
 
 __all__ = ["solve", "solve_vec", "solve_algorithm_for", "SOLVE_ALGORITHMS", "ROWS_MAX_COLUMNS"]
@@ -144,8 +145,6 @@ def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: 
   diag_blocks, sub_blocks = to_blocks(bands, block)
   num_rhs = tf.shape(rhs)[-1]
   rhs = row_blocks(rhs, block)
-  batch = _broadcast_batch(diag_blocks[..., 0, :, :], rhs[..., 0, :, :])
-  initial = tf.zeros(tf.concat([batch, [block, num_rhs]], 0), dtype=rhs.dtype)
   coupling = shift_blocks(sub_blocks, +1) if transpose else sub_blocks
 
   def step(neighbour, blocks):
@@ -153,9 +152,11 @@ def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: 
     rest = x - tf.matmul(couple, neighbour, adjoint_a=transpose)
     return tf.linalg.triangular_solve(diag, rest, lower=True, adjoint=transpose)
 
-  elems = tuple(move_axis(t, -3, 0) for t in (diag_blocks, coupling, rhs))
-  y = tf.scan(step, elems, initializer=initial, reverse=transpose)
-  y = move_axis(y, 0, -3)
+  def first(blocks):  # the first block solved (the last one for L^T) has no neighbour
+    diag, _, x = blocks
+    return tf.linalg.triangular_solve(diag, x, lower=True, adjoint=transpose)
+
+  y = scan_blocks(step, first, (diag_blocks, coupling, rhs), reverse=transpose)
   y = tf.reshape(y, tf.concat([tf.shape(y)[:-3], [num_blocks * block, num_rhs]], 0))
   return y[..., :n, :]
 
