@@ -44,7 +44,9 @@ from tfggm.vae import build_vae
 tfd = tfp.distributions
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPERATIONS = ("sample", "log_prob", "sample_log_prob_grad", "kl", "variance", "cholesky")
+SOLVE_OPERATIONS = ("sample", "log_prob", "sample_log_prob_grad")
 DENSE_LIMIT_BYTES = 2e9
+NOISE_RATIO = 1.1  # sub-millisecond calls vary by about this much from run to run
 MIN_TIMED_SECONDS, MAX_CALLS = 0.3, 500
 
 
@@ -192,8 +194,13 @@ def _warm_vae(posterior: str, likelihood: str, jit: bool, batch: int, steps: int
 
 
 def vae_steps(jit: bool, batch: int = 100, steps: int = 50) -> list[dict]:
-  """Median seconds per `model.fit` step over --repeats epochs of `steps`, the rows of a group interleaved
-  (one epoch of each row per round), so that a drift of the machine's speed hits every row alike."""
+  """Seconds per `model.fit` step over --repeats epochs of `steps`, the rows of a group interleaved
+  (one epoch of each row per round), so that a drift of the machine's speed hits every row alike.
+
+  Each row reports the median and the fastest epoch: on this 2-vCPU virtual machine whole epochs run at
+  either of two speeds, about 2x apart, for any row (a thread descheduled for the epoch), so a median
+  of few epochs can land on either; the fastest epoch is the cost of the step itself.
+  """
   records = []
   for group, rows in VAE_ROWS.items():
     warm = [_warm_vae(posterior, likelihood, jit, batch, steps) for posterior, likelihood in rows]
@@ -205,20 +212,22 @@ def vae_steps(jit: bool, batch: int = 100, steps: int = 50) -> list[dict]:
         times.append((time.perf_counter() - start) / steps)
     for (posterior, likelihood), times in zip(rows, seconds):
       records.append(dict(group=group, posterior=posterior, likelihood=likelihood, jit=jit,
-                          seconds=statistics.median(times)))
-      print(f"  VAE step {posterior:14s} {likelihood:28s} jit={int(jit)} {1e3 * records[-1]['seconds']:8.2f} ms",
-            flush=True)
+                          seconds=statistics.median(times), fastest_seconds=min(times), epoch_seconds=times))
+      print(f"  VAE step {posterior:14s} {likelihood:28s} jit={int(jit)} median {1e3 * records[-1]['seconds']:8.2f} "
+            f"ms, fastest {1e3 * records[-1]['fastest_seconds']:8.2f} ms", flush=True)
   return records
 
 
 def vae_table(records: list[dict]) -> str:
   lines = ["\n### One VAE training step (784-200-200-16 ELU, batch 100, `model.fit`)\n",
-           "| group | posterior | likelihood | XLA step | ms / step | ratio to the group's first row |",
-           "|---|---|---|---|---|---|"]
+           "| group | posterior | likelihood | XLA step | ms / step, fastest epoch | ratio to the group's first row "
+           "| ms / step, median epoch | ratio |", "|---|---|---|---|---|---|---|---|"]
   for (group, jit), rows in _grouped(records, lambda r: (r["group"], r["jit"])).items():
+    first = rows[0]
     for r in rows:
       lines.append(f"| {group} | {r['posterior']} | {r['likelihood']} | {'yes' if jit else 'no'} | "
-                   f"{1e3 * r['seconds']:.2f} | {r['seconds'] / rows[0]['seconds']:.2f}× |")
+                   f"{1e3 * r['fastest_seconds']:.2f} | {r['fastest_seconds'] / first['fastest_seconds']:.2f}× | "
+                   f"{1e3 * r['seconds']:.2f} | {r['seconds'] / first['seconds']:.2f}× |")
   return "\n".join(lines) + "\n"
 
 
@@ -337,6 +346,20 @@ def _find(records: list[dict], implementation: str, operation: str, shape: tuple
                and (r["n"], r["b"], r["batch"]) == shape), None)
 
 
+def slower_than_best(records: list[dict], operations) -> list[tuple[float, str, tuple]]:
+  """(our time / the best of TF banded and the dense ones, operation, shape) where above 1, worst first."""
+  worst = []
+  for r in records:
+    if r["implementation"] != "tfggm" or r["operation"] not in operations:
+      continue
+    key = (r["n"], r["b"], r["batch"])
+    others = [o["seconds"] for name in ("tf_banded", "dense_tril", "precision_linop")
+              if (o := _find(records, name, r["operation"], key))]
+    if others and r["seconds"] > min(others):
+      worst.append((r["seconds"] / min(others), r["operation"], key))
+  return sorted(worst, reverse=True)
+
+
 def target_table(records: list[dict], fits: list[dict]) -> str:
   """The issue's targets, each with the value this run measured."""
   lines = ["\n### Against the targets\n", "| target | measured |", "|---|---|"]
@@ -347,20 +370,16 @@ def target_table(records: list[dict], fits: list[dict]) -> str:
   if ours and banded and dense:
     lines.append(f"| n = 784, b = 28, batch 128, sample + log_prob + gradient: ≥ 5× faster than the TF banded solve "
                  f"and than dense | {banded / ours:.1f}× and {dense / ours:.1f}× |")
-  worst = []
-  for r in records:
-    if r["implementation"] != "tfggm":
-      continue
-    key = (r["n"], r["b"], r["batch"])
-    others = [o["seconds"] for name in ("tf_banded", "dense_tril", "precision_linop")
-              if (o := _find(records, name, r["operation"], key))]
-    if others:
-      worst.append((r["seconds"] / min(others), r["operation"], key))
-  if worst:
-    ratio, operation, key = max(worst)
-    lines.append(f"| at no shape slower than the best of TF banded / dense | worst: {operation} at n, b, batch = "
-                 f"{key}: ours takes {ratio:.2f}× the best other time ({sum(w[0] > 1 for w in worst)} of "
-                 f"{len(worst)} comparisons above 1×) |")
+  for label, operations in (("the solve and its gradient (sample, log_prob, sample + log_prob + gradient)",
+                               SOLVE_OPERATIONS),
+                              ("every operation (KL, variance, Cholesky too)", OPERATIONS)):
+    worst = slower_than_best(records, operations)
+    if worst:
+      ratio, operation, key = worst[0]
+      beyond_noise = [w for w in worst if w[0] > NOISE_RATIO]
+      lines.append(f"| {label}: at no shape slower than the best of TF banded / dense | worst: {operation} at "
+                   f"n, b, batch = {key}: {ratio:.2f}× the best other time; {len(worst)} comparisons above 1×, "
+                   f"{len(beyond_noise)} above {NOISE_RATIO}× |")
   if fits:
     steepest = max(fits, key=lambda f: f["slope"])
     lines.append(f"| log-log slope ≤ 1.1 from n = 784 to 65,536 | steepest: {steepest['slope']:.2f} "

@@ -118,7 +118,7 @@ def table(results: dict, num_samples: int) -> str:
         experiments.estimate(bits_per_dim(e["test_log_likelihood"]), digits=4),
         experiments.estimate(e["test_elbo"], digits=1), experiments.estimate(e["test_log_likelihood"], digits=1),
         experiments.estimate(bits_per_dim(paired), digits=4, signed=True) if paired else "—",
-        f"{t['mean_epoch_seconds']:.1f}", f"{t['epochs_run']} ({t['best_epoch']})"])
+        f"{t['median_epoch_seconds']:.1f}", f"{t['epochs_run']} ({t['best_epoch']})"])
   return experiments.markdown_table(header, lines)
 
 

@@ -51,7 +51,7 @@ def table(results: dict, num_samples: int) -> str:
         f"{paper[0]}" if paper[0] else "—", f"{paper[1]}" if paper[1] else "—",
         experiments.estimate(paired, signed=True) if paired else "—",
         f"{e['active_units']} / {e['latent_dim']}", f"{t['epochs_run']} ({t['best_epoch']})",
-        f"{t['mean_epoch_seconds']:.1f}"])
+        f"{t['median_epoch_seconds']:.1f}"])
   return experiments.markdown_table(header, lines)
 
 

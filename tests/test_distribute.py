@@ -66,7 +66,7 @@ def test_cli_hands_the_strategy_to_train(tmp_path, monkeypatch):
 
   def fake_train(config, run_dir, data_dir=None, verbose=1, strategy=None):
     seen.update(strategy=strategy, batch_size=config.batch_size)
-    return dict(best_val_elbo=0.0, best_epoch=1, epochs_run=1, mean_epoch_seconds=0.0)
+    return dict(best_val_elbo=0.0, best_epoch=1, epochs_run=1, median_epoch_seconds=0.0)
 
   monkeypatch.setattr("tfggm.training.train", fake_train)
   assert cli.main(["train", str(tmp_path), "--strategy", "mirrored", "--batch-size", "64"]) == 0

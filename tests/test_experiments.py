@@ -128,7 +128,7 @@ def test_logitnormal_table_reports_bits_per_dim_and_paired_differences():
   def values(log_px):
     return dict(evaluation=dict(test_elbo=dict(mean=log_px - 10, stderr=2.0),
                                 test_log_likelihood=dict(mean=log_px, stderr=2.0)),
-                training=dict(mean_epoch_seconds=12.5, epochs_run=3, best_epoch=2))
+                training=dict(median_epoch_seconds=12.5, epochs_run=3, best_epoch=2))
 
   results = {base.name: values(-scale), grid.name: values(-0.5 * scale)}
   results[grid.name][f"paired_vs_{base.name}"] = dict(log_likelihood=dict(mean=0.5 * scale, stderr=scale / 100))

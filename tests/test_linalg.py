@@ -167,6 +167,34 @@ def test_plain_graph_kernels_trace_no_xla_cluster():
   assert any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
 
 
+def _has_xla_cluster(function) -> bool:
+  graph = tf.function(function).get_concrete_function().graph
+  return any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
+
+
+@pytest.mark.parametrize("n,batch", [(12, 2), (700, 100)])
+def test_matvecs_run_plain_below_the_size_threshold_and_compiled_above_it(n, batch):
+  from tfggm.linalg.bands import PLAIN_BELOW_ELEMENTS
+  b = 3
+  bands = random_factor(n, b, (batch,), dtype=np.float32)
+  x = np.random.default_rng(3).normal(size=(batch, n)).astype(np.float32)
+  large = bands.size + x.size >= PLAIN_BELOW_ELEMENTS
+  dense = dense_lower(bands.astype(np.float64))
+  for matvec, reference in ((linalg.matvec, "...ij,...j->...i"), (linalg.matvec_transpose, "...ji,...j->...i")):
+    assert _has_xla_cluster(lambda: matvec(bands, x)) == large
+    with tf.GradientTape() as tape:
+      bands_t = tf.constant(bands)
+      tape.watch(bands_t)
+      y = matvec(bands_t, x)
+      total = tf.reduce_sum(y)
+    np.testing.assert_allclose(y, np.einsum(reference, dense, x), rtol=1e-4, atol=1e-4)
+    # d sum(y) / d L[i, i-k]: x_{i-k} for L x, x_i for L^T x (zero outside the matrix).
+    lag, i = np.arange(b + 1)[:, None], np.arange(n)[None, :]
+    shifted = np.where(i >= lag, np.take(x, np.clip(i - lag, 0, None), axis=-1), 0.0)
+    expected = shifted if matvec is linalg.matvec else np.where(i >= lag, x[:, None, :], 0.0)
+    np.testing.assert_allclose(tape.gradient(total, bands_t), expected, rtol=1e-5, atol=1e-5)
+
+
 # (n, lags): sparse lags as a grid's (0, 1, w), a gap at the start, lags reaching past n.
 LAGGED = [(12, (0, 1, 4)), (13, (0, 3, 4, 5)), (5, (0, 2, 7)), (9, (0,)), (1, (0, 1))]
 

@@ -194,3 +194,17 @@ def test_export_to_a_file_is_a_user_error(tiny_mnist, tmp_path, capsys):
   (tmp_path / "a_file").write_text("x")
   assert cli.main(["export", str(run), "--to", str(tmp_path / "a_file")]) == 2
   assert "Traceback" not in capsys.readouterr().err
+
+
+def test_history_summary_keeps_the_last_record_of_a_resumed_epoch_and_a_robust_epoch_time(tmp_path):
+  from tfggm.history import summarize_history
+  history = tmp_path / "history.csv"
+  history.write_text("epoch,elbo,val_elbo,epoch_seconds\n"
+                     "0,-120,-119,10\n"
+                     "1,-110,-109,3600\n"  # an epoch stretched by a suspended process
+                     "1,-111,-108,11\n"    # the same epoch, run again after a resume
+                     "2,-105,nan,12\n")
+  summary = summarize_history(history)
+  assert (summary["epochs_run"], summary["best_epoch"], summary["best_val_elbo"]) == (3, 2, -108.0)
+  assert summary["median_epoch_seconds"] == 11.0
+  assert summary["total_epoch_seconds"] == 33.0 and summary["final_train_elbo"] == -105.0

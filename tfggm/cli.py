@@ -65,7 +65,7 @@ def _train(args) -> None:
   summary = train(_config_from(args), args.run_dir, data_dir=args.data_dir, verbose=args.verbose,
                   strategy=strategy)
   print(f"best validation ELBO: {summary['best_val_elbo']:.2f} nats (epoch {summary['best_epoch']} of "
-        f"{summary['epochs_run']}); {summary['mean_epoch_seconds']:.1f} s per epoch")
+        f"{summary['epochs_run']}); {summary['median_epoch_seconds']:.1f} s per epoch (median)")
 
 
 def _evaluate(args) -> None:

@@ -16,6 +16,7 @@ from tfggm import data
 from tfggm.callbacks import EpochTimer, KLWarmup, PosteriorTracker, TensorBoardExtras
 from tfggm.config import ConfigError, VAEConfig
 from tfggm.distribute import is_chief, task_of
+from tfggm.history import summarize_history
 from tfggm.vae import build_vae
 
 __all__ = ["RunData", "TrainingDiverged", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
@@ -134,7 +135,7 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   summary_path = run_dir / "summary.json"
   backup_dir = run_dir / "backup"
   if summary_path.exists() and not (backup_dir.exists() and any(backup_dir.iterdir())):
-    return json.loads(summary_path.read_text())
+    return summarize_history(run_dir / "history.csv")  # completed: the summary of its records
   with _output_dir(run_dir, strategy) as out_dir:
     model = _vae_in_scope(config, strategy)
     callbacks = [*_library_callbacks(config, run_data, run_dir, out_dir), *callbacks,
@@ -146,7 +147,7 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
       raise TrainingDiverged(f"the loss became NaN in epoch {history.epoch[-1] + 1}; training stopped. "
                              f"{run_dir / BEST_WEIGHTS} holds the best epoch before it.")
     model.save_weights(str(out_dir / FINAL_WEIGHTS))
-    summary = _summarize_history(out_dir / "history.csv")
+    summary = summarize_history(out_dir / "history.csv")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   return summary
 
@@ -196,16 +197,3 @@ def _library_callbacks(config: VAEConfig, run_data: RunData, run_dir: pathlib.Pa
       tf_keras.callbacks.TensorBoard(str(out_dir / "logs")),
       tf_keras.callbacks.CSVLogger(str(out_dir / "history.csv"), append=True),
   ]
-
-
-def _summarize_history(history_csv: pathlib.Path) -> dict:
-  with history_csv.open() as f:
-    rows = list(csv.DictReader(f))
-  by_epoch = {int(row["epoch"]): row for row in rows}  # a resumed epoch keeps its last record
-  epochs = [by_epoch[e] for e in sorted(by_epoch)]
-  finite = [row for row in epochs if np.isfinite(float(row["val_elbo"]))]
-  best = max(finite, key=lambda row: float(row["val_elbo"]))
-  return dict(epochs_run=len(epochs), best_epoch=int(best["epoch"]) + 1,
-              best_val_elbo=float(best["val_elbo"]), final_val_elbo=float(epochs[-1]["val_elbo"]),
-              final_train_elbo=float(epochs[-1]["elbo"]),
-              mean_epoch_seconds=float(np.mean([float(row["epoch_seconds"]) for row in epochs])))

@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 
+PLAIN_BELOW_ELEMENTS = 2**16  # smaller matvecs run as plain ops (see `xla_kernel`)
+
+
 def check_bands(bands: tf.Tensor) -> tuple[int, int]:
   """Returns (n, b) of compact bands [..., b + 1, n], which must be static."""
   shape = bands.shape
@@ -130,20 +133,20 @@ def banded_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> 
   return tf.reduce_sum(lagged * tf.linalg.matrix_transpose(rows)[..., tf.newaxis, :], axis=-3)
 
 
-@xla_kernel
+@xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS)
 def _lower_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
   """y[i] = sum_j bands[j, i] x[i - lags[j]]."""
   shifted = shift_rows(tf.repeat(x[..., tf.newaxis, :], len(lags), axis=-2), +1, lags)  # x[i - lags[j]]
   return tf.reduce_sum(bands * shifted, axis=-2)
 
 
-@xla_kernel
+@xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS)
 def _upper_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
   """y[i] = sum_j bands[j, i + lags[j]] x[i + lags[j]]."""
   return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1, lags), axis=-2)
 
 
-@xla_kernel
+@xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS)
 def _band_of_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
   return banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], lags)
 
