@@ -89,6 +89,8 @@ def test_selected_inversion_matches_numpy(n, b, block, batch, dtype, extra_width
     block = width
   got = linalg.selected_inversion(bands, bandwidth=width, block_size=block)
   np.testing.assert_allclose(got, band_of(covariance, width), **tolerance(dtype))
+  variances = linalg.marginal_variances(bands, block_size=None if block is None else max(block, b))
+  np.testing.assert_allclose(variances, np.diagonal(covariance, axis1=-2, axis2=-1), **tolerance(dtype))
 
 
 @pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
@@ -102,6 +104,7 @@ def test_gradients_match_finite_differences(n, b, block, algorithm):
       lambda l, p, x: (linalg.solve(l * inside, x, block_size=block, algorithm=algorithm),
                        linalg.solve(l * inside, x, transpose=True, block_size=block, algorithm=algorithm),
                        linalg.selected_inversion(l * inside, block_size=block),
+                       linalg.marginal_variances(l * inside, block_size=block),
                        linalg.cholesky(p * inside, block_size=block),
                        linalg.outer_product(l * inside, block_size=block),
                        linalg.matvec(l, x[..., 0]), linalg.matvec_transpose(l, x[..., 0])),
