@@ -9,7 +9,7 @@ from tfggm import linalg
 
 # (n, b, block_size): n a multiple of B or not, n < B, b = n - 1, n = 1, b = 0.
 SHAPES = [(1, 0, None), (6, 0, None), (9, 1, None), (10, 3, None), (10, 3, 3), (10, 3, 4),
-          (7, 6, None), (40, 5, 8), (33, 2, 5)]
+          (7, 6, None), (40, 5, 8), (33, 2, 5), (100, 3, None)]  # n = 100: the default 6 blocks of 17, 2 rows padded
 BATCHES = [(), (2, 3)]
 
 
@@ -125,6 +125,11 @@ def test_kernels_compile_with_xla_and_agree():
       "cholesky": lambda: linalg.cholesky(precision),
       "outer_product": lambda: linalg.outer_product(bands),
       "selected_inversion": lambda: linalg.selected_inversion(bands),
+      # Several blocks: the compiled loops of the block recursions (n = 30 is one block by default).
+      "solve_blocks_of_8": lambda: linalg.solve(bands, rhs, algorithm="blocks", block_size=8),
+      "cholesky_blocks_of_8": lambda: linalg.cholesky(precision, block_size=8),
+      "selected_inversion_blocks_of_8": lambda: linalg.selected_inversion(bands, block_size=8),
+      "marginal_variances_blocks_of_8": lambda: linalg.marginal_variances(bands, block_size=8),
   }
   for name, kernel in kernels.items():
     compiled = tf.function(kernel, jit_compile=True)
@@ -163,16 +168,23 @@ def test_plain_graph_kernels_trace_no_xla_cluster():
   bands = random_factor(12, 2, (2,), dtype=np.float32)
   rhs = np.ones((2, 12, 1), np.float32)
   with linalg.plain_graph_kernels():
-    graph = tf.function(lambda: linalg.solve(bands, rhs)).get_concrete_function().graph
-  assert not any(op.get_attr("_XlaMustCompile") for op in graph.get_operations()
-                 if "_XlaMustCompile" in op.node_def.attr)
-  graph = tf.function(lambda: linalg.solve(bands, rhs)).get_concrete_function().graph
-  assert any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
+    assert not _has_xla_cluster(lambda: linalg.solve(bands, rhs))
+  assert _has_xla_cluster(lambda: linalg.solve(bands, rhs))
 
 
 def _has_xla_cluster(function) -> bool:
   graph = tf.function(function).get_concrete_function().graph
   return any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
+
+
+def _banded_matvecs(bands, x):
+  """numpy references of L x and L^T x from the bands: (L x)_i = sum_k L[i, i-k] x_{i-k}, (L^T x)_j = sum_k L[j+k, j] x_{j+k}."""
+  n = x.shape[-1]
+  lower, upper = np.zeros_like(x), np.zeros_like(x)
+  for k in range(bands.shape[-2]):
+    lower[..., k:] += bands[..., k, k:] * x[..., : n - k]
+    upper[..., : n - k] += bands[..., k, k:] * x[..., k:]
+  return lower, upper
 
 
 @pytest.mark.parametrize("n,batch", [(12, 2), (700, 100)])
@@ -182,20 +194,31 @@ def test_matvecs_run_plain_below_the_size_threshold_and_compiled_above_it(n, bat
   bands = random_factor(n, b, (batch,), dtype=np.float32)
   x = np.random.default_rng(3).normal(size=(batch, n)).astype(np.float32)
   large = bands.size + x.size >= PLAIN_BELOW_ELEMENTS
-  dense = dense_lower(bands.astype(np.float64))
-  for matvec, reference in ((linalg.matvec, "...ij,...j->...i"), (linalg.matvec_transpose, "...ji,...j->...i")):
+  for matvec, reference in zip((linalg.matvec, linalg.matvec_transpose), _banded_matvecs(bands.astype(np.float64), x)):
     assert _has_xla_cluster(lambda: matvec(bands, x)) == large
     with tf.GradientTape() as tape:
       bands_t = tf.constant(bands)
       tape.watch(bands_t)
       y = matvec(bands_t, x)
       total = tf.reduce_sum(y)
-    np.testing.assert_allclose(y, np.einsum(reference, dense, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4)
     # d sum(y) / d L[i, i-k]: x_{i-k} for L x, x_i for L^T x (zero outside the matrix).
     lag, i = np.arange(b + 1)[:, None], np.arange(n)[None, :]
     shifted = np.where(i >= lag, np.take(x, np.clip(i - lag, 0, None), axis=-1), 0.0)
     expected = shifted if matvec is linalg.matvec else np.where(i >= lag, x[:, None, :], 0.0)
     np.testing.assert_allclose(tape.gradient(total, bands_t), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_default_blocks_are_balanced_and_cover_bands_wider_than_n():
+  from tfggm.linalg.blocks import block_size_for
+  assert [block_size_for(n, b) for n, b in [(784, 256), (784, 28), (100, 3), (64, 28), (70, 90)]] == [262, 28, 17, 64, 90]
+  bands = random_factor(70, 2, (2,))
+  wide = np.concatenate([bands, np.zeros((2, 88, 70))], axis=-2)  # lags up to 90 > n, all zero
+  dense = dense_lower(bands)
+  covariance = np.linalg.inv(dense @ np.swapaxes(dense, -1, -2))
+  np.testing.assert_allclose(linalg.selected_inversion(wide), band_of(covariance, 90), rtol=1e-9, atol=1e-9)
+  rhs = np.ones((2, 70, 1))
+  np.testing.assert_allclose(linalg.solve(wide, rhs, algorithm="blocks"), np.linalg.solve(dense, rhs), rtol=1e-9)
 
 
 # (n, lags): sparse lags as a grid's (0, 1, w), a gap at the start, lags reaching past n.

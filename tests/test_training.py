@@ -203,8 +203,9 @@ def test_history_summary_keeps_the_last_record_of_a_resumed_epoch_and_a_robust_e
                      "0,-120,-119,10\n"
                      "1,-110,-109,3600\n"  # an epoch stretched by a suspended process
                      "1,-111,-108,11\n"    # the same epoch, run again after a resume
-                     "2,-105,nan,12\n")
+                     "2,-105,nan,12\n"
+                     "3,-104,-107,900\n")  # stretched and kept
   summary = summarize_history(history)
-  assert (summary["epochs_run"], summary["best_epoch"], summary["best_val_elbo"]) == (3, 2, -108.0)
-  assert summary["median_epoch_seconds"] == 11.0
-  assert summary["total_epoch_seconds"] == 33.0 and summary["final_train_elbo"] == -105.0
+  assert (summary["epochs_run"], summary["best_epoch"], summary["best_val_elbo"]) == (4, 4, -107.0)
+  assert summary["median_epoch_seconds"] == 11.5 and summary["total_epoch_seconds"] == 933.0
+  assert summary["final_train_elbo"] == -104.0

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from tfggm.history import summarize_history
+from tfggm.history import run_summary
 
 __all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_from", "run_rows",
            "paired_difference", "collect_results", "estimate", "markdown_table", "write_results", "main", "PAIRED_KEYS"]
@@ -195,7 +195,7 @@ def collect_results(experiment: Experiment, rows: Sequence[Row]) -> dict:
     if not experiment.is_finished(row):
       continue
     results[row.name] = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()),
-                             training=summarize_history(run_dir / "history.csv"))
+                             training=run_summary(run_dir))
     if row.baseline and (experiment.runs / row.baseline / "evaluation.json").exists():
       results[row.name][f"paired_vs_{row.baseline}"] = {
           key: paired_difference(run_dir, experiment.runs / row.baseline, key) for key in PAIRED_KEYS}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import pathlib
 
 import numpy as np
 
-__all__ = ["summarize_history"]
+__all__ = ["summarize_history", "run_summary"]
 
 
 def summarize_history(history_csv: str | pathlib.Path) -> dict:
@@ -28,3 +29,10 @@ def summarize_history(history_csv: str | pathlib.Path) -> dict:
               best_val_elbo=float(best["val_elbo"]), final_val_elbo=float(epochs[-1]["val_elbo"]),
               final_train_elbo=float(epochs[-1]["elbo"]), median_epoch_seconds=float(np.median(seconds)),
               mean_epoch_seconds=float(seconds.mean()), total_epoch_seconds=float(seconds.sum()))
+
+
+def run_summary(run_dir: str | pathlib.Path) -> dict:
+  """The summary of a run directory: from its history.csv, or its stored summary.json if the history is gone."""
+  run_dir = pathlib.Path(run_dir)
+  history = run_dir / "history.csv"
+  return summarize_history(history) if history.exists() else json.loads((run_dir / "summary.json").read_text())

@@ -16,7 +16,7 @@ from tfggm import data
 from tfggm.callbacks import EpochTimer, KLWarmup, PosteriorTracker, TensorBoardExtras
 from tfggm.config import ConfigError, VAEConfig
 from tfggm.distribute import is_chief, task_of
-from tfggm.history import summarize_history
+from tfggm.history import run_summary, summarize_history
 from tfggm.vae import build_vae
 
 __all__ = ["RunData", "TrainingDiverged", "train", "BEST_WEIGHTS", "FINAL_WEIGHTS", "TEST_SEED"]
@@ -135,7 +135,7 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   summary_path = run_dir / "summary.json"
   backup_dir = run_dir / "backup"
   if summary_path.exists() and not (backup_dir.exists() and any(backup_dir.iterdir())):
-    return summarize_history(run_dir / "history.csv")  # completed: the summary of its records
+    return run_summary(run_dir)  # completed: the summary of its records
   with _output_dir(run_dir, strategy) as out_dir:
     model = _vae_in_scope(config, strategy)
     callbacks = [*_library_callbacks(config, run_data, run_dir, out_dir), *callbacks,

@@ -16,6 +16,7 @@ from tfggm.linalg.compilation import xla_kernel
 
 __all__ = [
     "banded_outer",
+    "compiled_banded_outer",
     "bands_at_all_lags",
     "check_bands",
     "is_every_lag",
@@ -147,8 +148,14 @@ def _upper_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.T
 
 
 @xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS)
+def compiled_banded_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
+  """`banded_outer` as one compiled kernel: its repeat, shift, product and sum fuse into one pass over the
+  [..., R, n] result instead of several R n r intermediates (the gradients of the solve and the matvecs)."""
+  return banded_outer(rows, columns, lags)
+
+
 def _band_of_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
-  return banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], lags)
+  return compiled_banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], lags)
 
 
 def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool, lags) -> tf.Tensor:

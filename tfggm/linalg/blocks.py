@@ -48,7 +48,7 @@ def block_size_for(n: int, bandwidth: int, block_size: int | None = None) -> int
       block_size = max(n, bandwidth, 1)
     else:
       num_blocks = max(1, n // max(bandwidth, 16))
-      block_size = -(-n // num_blocks)
+      block_size = max(-(-n // num_blocks), bandwidth)  # lags may reach past n
   if block_size < max(bandwidth, 1):
     raise ValueError(f"block_size {block_size} must be >= the bandwidth {bandwidth} (and >= 1).")
   return max(1, min(block_size, max(n, bandwidth, 1)))

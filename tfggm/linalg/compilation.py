@@ -31,6 +31,8 @@ def xla_kernel(function: Callable | None = None, *, plain_below: int = 0) -> Cal
   A wrapped kernel is not differentiated through (its inputs pass
   `tf.stop_gradient`; an XLA loop cannot hand its state to autodiff): the
   caller defines the gradient, as `solve` does with a banded custom gradient.
+  Such a gradient is itself built from wrapped kernels, so second derivatives
+  through them are zero.
   """
   if function is None:
     return functools.partial(xla_kernel, plain_below=plain_below)

@@ -8,7 +8,7 @@ from tfggm.linalg.bands import check_bands
 from tfggm.linalg.blocks import block_size_for, from_blocks, scan_blocks, shift_blocks, to_blocks
 from tfggm.linalg.compilation import xla_kernel
 
-__all__ = ["selected_inversion", "marginal_variances"]
+__all__ = ["selected_inversion", "marginal_variances", "congruence_recursion"]
 
 
 def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
@@ -94,10 +94,14 @@ def congruence_recursion(f: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
   dQ_i = G_i,   dF_i = G_i F_i S_{i+1}^T + G_i^T F_i S_{i+1}
   ```
 
-  O(m B^3) each way.
+  O(m B^3) each way. f and q have the same batch shape. One block (m = 1)
+  is S = Q, without a loop. Like every compiled kernel here, it is
+  differentiable once: a gradient of this gradient is zero.
   """
   f, q = tf.convert_to_tensor(f), tf.convert_to_tensor(q)
-  padded_f = tf.concat([f, tf.zeros_like(q[..., :1, :, :])], -3)  # F_{m-1} = 0 is never used
+  if q.shape[-3] == 1:
+    return q
+  padded_f = tf.concat([f, tf.zeros_like(q[..., :1, :, :])], -3)  # F_{m-1} = 0: S_{m-1} = Q_{m-1}
 
   @tf.custom_gradient
   def recursion_with_adjoint(padded_f, q):
