@@ -285,7 +285,7 @@ def run(args, partial: pathlib.Path) -> list[dict]:
   """Measures every shape; after each one the records so far go to `partial`, from which a rerun resumes."""
   stored = json.loads(partial.read_text()) if partial.exists() else dict(records=[], bandwidth=copy_bandwidth())
   records, bandwidth = stored["records"], stored["bandwidth"]
-  done = {(r["n"], r["b"], r["batch"]) for r in records}
+  done = {(r["n"], r["b"], r["batch"]) for r in records if r["operation"] in args.operations}
   print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s; {len(done)} shapes already measured in {partial}", flush=True)
   for n, b, batch in shapes(args.quick, args.sizes):
     if (n, b, batch) in done:
@@ -429,6 +429,8 @@ def main() -> None:
   parser.add_argument("--vae-steps", action="store_true", help="only the VAE training steps (XLA and not)")
   parser.add_argument("--sizes", type=int, nargs="+", metavar="N", default=None,
                       help="only the shapes with these n (e.g. after a change to the small-n kernels)")
+  parser.add_argument("--remeasure", action="store_true",
+                      help="start from OUT.json and measure only --operations again (after a change to their kernels)")
   parser.add_argument("--from-json", action="store_true",
                       help="measure nothing: rebuild the tables and the plot from OUT.json (or OUT.partial.json)")
   parser.add_argument("--out", type=pathlib.Path, default=None,
@@ -450,6 +452,14 @@ def main() -> None:
       fits = stored.get("slopes") or slopes(records)
     else:
       partial = ARGS.out.with_suffix(".partial.json")
+      if ARGS.remeasure:  # keep the other operations' records of the finished run
+        stored = json.loads(ARGS.out.with_suffix(".json").read_text())
+        if not partial.exists():
+          kept = [r for r in stored["records"] if r["operation"] not in ARGS.operations]
+          partial.write_text(json.dumps(dict(records=kept, bandwidth=copy_bandwidth())))
+        meta["remeasured"] = dict(stored["meta"].get("remeasured", {}),
+                                  **{operation: time.strftime("%Y-%m-%d") for operation in ARGS.operations})
+        meta["command"] = stored["meta"]["command"] + " ; then " + meta["command"]
       records = run(ARGS, partial)
       fits = slopes(records)
       ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, records=records, slopes=fits),
