@@ -69,7 +69,8 @@ def test_warmup_weight_and_gradient_clipping_are_applied():
 def test_predict_returns_posterior_means():
   model = build_vae(VAEConfig(posterior="extended_grid", hidden_units=(16,)))
   images = _blobs(5)
-  np.testing.assert_allclose(model.predict(images, verbose=0), model.encoder(images).mean(), rtol=1e-6)
+  # float32 through graph (predict) and eager (encoder) matmuls: equal up to rounding, not bit for bit.
+  np.testing.assert_allclose(model.predict(images, verbose=0), model.encoder(images).mean(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("changes,message", [
