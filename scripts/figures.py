@@ -33,7 +33,7 @@ def load_tracked(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def plot_over_training(panels: dict, ylabel: str, title: str, path: pathlib.Path) -> None:
-  figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True, squeeze=False)
+  figure, axes = plt.subplots(1, len(panels), figsize=(max(7, 5 * len(panels)), 3.6), sharey=True, squeeze=False)
   for axis, (name, (epochs, values)) in zip(axes[0], panels.items()):
     for unit in range(values.shape[1]):
       axis.plot(epochs, values[:, unit], lw=1)
