@@ -1,6 +1,6 @@
 """Figures 4 and 5 of the paper from the tracked test image of each Table 1 run.
 
-    python scripts/figures.py [--runs runs/table1] [--out docs/figures]
+    python scripts/figures.py [--runs runs/table1] [--out docs/figures] [--rows diagonal chain]
 
 Figure 4: the diagonal entries L_ii of the posterior's Cholesky factor over
 training, for the chain and the grid (extended grid) posteriors. Figure 5: the
@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROWS = ("diagonal", "chain", "extended_grid")
 
 
 def load_tracked(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,9 +53,11 @@ def main() -> None:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   parser.add_argument("--runs", type=pathlib.Path, default=ROOT / "runs" / "table1")
   parser.add_argument("--out", type=pathlib.Path, default=ROOT / "docs" / "figures")
+  parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                      help="the runs to draw (those with a tracked posterior); e.g. only the finished ones")
   args = parser.parse_args()
   args.out.mkdir(parents=True, exist_ok=True)
-  tracked = {row: load_tracked(args.runs / row) for row in ("diagonal", "chain", "extended_grid")
+  tracked = {row: load_tracked(args.runs / row) for row in args.rows
              if (args.runs / row / "tracked_posterior.json").exists()}
   if not tracked:
     raise SystemExit(f"no tracked posteriors under {args.runs}; run scripts/reproduce_table1.py first.")

@@ -155,3 +155,25 @@ def test_extra_train_args_go_after_the_protocol(train_args, expected, tmp_path):
   arguments = experiment.train_arguments(Row("r", ("--posterior", "chain")))
   assert tuple(arguments[len(arguments) - len(expected):]) == expected
   assert arguments[:4] == ["train", str(tmp_path / "r"), "--posterior", "chain"]
+
+
+def test_figures_draw_the_chosen_rows_from_their_tracked_posteriors(tmp_path):
+  figures = _script("figures")
+  rng = np.random.default_rng(0)
+  for row, width in (("diagonal", 1), ("chain", 2), ("extended_grid", 4)):
+    (tmp_path / row).mkdir()
+    record = {str(epoch): dict(loc=rng.normal(size=16).tolist(), bands=rng.uniform(size=(width, 16)).tolist())
+              for epoch in (2, 0, 1)}  # epochs out of order, as JSON keys may come
+    (tmp_path / row / "tracked_posterior.json").write_text(json.dumps(record))
+  epochs, means, diagonals = figures.load_tracked(tmp_path / "chain")
+  record = json.loads((tmp_path / "chain" / "tracked_posterior.json").read_text())
+  np.testing.assert_array_equal(epochs, [1, 2, 3])
+  np.testing.assert_allclose(means[2], record["2"]["loc"])
+  np.testing.assert_allclose(diagonals[0], record["0"]["bands"][0])
+  out = tmp_path / "figures"
+  subprocess.run([sys.executable, str(SCRIPTS / "figures.py"), "--runs", str(tmp_path), "--out", str(out),
+                  "--rows", "diagonal", "chain"], check=True, capture_output=True)
+  assert sorted(p.name for p in out.iterdir()) == ["figure4_cholesky_diagonal.png", "figure5_posterior_means.png"]
+  missing = subprocess.run([sys.executable, str(SCRIPTS / "figures.py"), "--runs", str(tmp_path / "none")],
+                           capture_output=True, text=True)
+  assert missing.returncode != 0 and "no tracked posteriors" in missing.stderr
