@@ -517,7 +517,8 @@ def main() -> None:
         meta["command"] = stored["meta"]["command"] + " ; then " + meta["command"]
       records = run(ARGS, partial)
       fits = slopes(records)
-      memory = memory_target() if not ARGS.quick else None
+      # A remeasure keeps the stored peak (`--memory-target` measures it again); a quick run has none.
+      memory = stored.get("memory_target") if ARGS.remeasure else None if ARGS.quick else memory_target()
       ARGS.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, records=records, slopes=fits,
                                                                memory_target=memory), indent=1) + "\n")
       partial.unlink()

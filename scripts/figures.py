@@ -61,9 +61,10 @@ def main() -> None:
              if (args.runs / row / "tracked_posterior.json").exists()}
   if not tracked:
     raise SystemExit(f"no tracked posteriors under {args.runs}; run scripts/reproduce_table1.py first.")
-  plot_over_training({row: (e, d) for row, (e, _, d) in tracked.items() if row != "diagonal"},
-                     "L_ii", "Figure 4: diagonal of the posterior's Cholesky factor L over training",
-                     args.out / "figure4_cholesky_diagonal.png")
+  structured = {row: (e, d) for row, (e, _, d) in tracked.items() if row != "diagonal"}
+  if structured:  # Figure 4 shows the structured posteriors only
+    plot_over_training(structured, "L_ii", "Figure 4: diagonal of the posterior's Cholesky factor L over training",
+                       args.out / "figure4_cholesky_diagonal.png")
   plot_over_training({row: (e, m) for row, (e, m, _) in tracked.items()},
                      "posterior mean", "Figure 5: posterior means over training",
                      args.out / "figure5_posterior_means.png")

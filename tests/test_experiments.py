@@ -174,6 +174,10 @@ def test_figures_draw_the_chosen_rows_from_their_tracked_posteriors(tmp_path):
   subprocess.run([sys.executable, str(SCRIPTS / "figures.py"), "--runs", str(tmp_path), "--out", str(out),
                   "--rows", "diagonal", "chain"], check=True, capture_output=True)
   assert sorted(p.name for p in out.iterdir()) == ["figure4_cholesky_diagonal.png", "figure5_posterior_means.png"]
+  only_diagonal = tmp_path / "only_diagonal"
+  subprocess.run([sys.executable, str(SCRIPTS / "figures.py"), "--runs", str(tmp_path), "--out", str(only_diagonal),
+                  "--rows", "diagonal"], check=True, capture_output=True)
+  assert [p.name for p in only_diagonal.iterdir()] == ["figure5_posterior_means.png"]
   missing = subprocess.run([sys.executable, str(SCRIPTS / "figures.py"), "--runs", str(tmp_path / "none"),
                             "--out", str(out)],
                            capture_output=True, text=True)
