@@ -16,7 +16,6 @@ from tfggm.linalg.compilation import xla_kernel
 
 __all__ = [
     "banded_outer",
-    "compiled_banded_outer",
     "bands_at_all_lags",
     "check_bands",
     "is_every_lag",
@@ -122,12 +121,15 @@ def sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
 
 
+@xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS)
 def banded_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
   """The band of rows @ columns^T at the given lags: out[..., j, i] = sum_r rows[i, r] columns[i - lags[j], r].
 
   Columns shifted by each lag (`shift_rows`) times rows, summed over r:
   O(n len(lags) r) flops and memory, never n x n. The gradient of every banded
-  kernel w.r.t. L has this form.
+  kernel w.r.t. L has this form. One compiled kernel: the repeat, shift,
+  product and sum fuse into one pass over the [..., R, n] result instead of
+  several R n r intermediates.
   """
   columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
   lagged = shift_rows(tf.repeat(columns_t, len(lags), axis=-2), +1, lags)  # [..., r, R, n]: columns[i - lags[j]]
@@ -147,15 +149,8 @@ def _upper_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.T
   return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1, lags), axis=-2)
 
 
-@xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS)
-def compiled_banded_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
-  """`banded_outer` as one compiled kernel: its repeat, shift, product and sum fuse into one pass over the
-  [..., R, n] result instead of several R n r intermediates (the gradients of the solve and the matvecs)."""
-  return banded_outer(rows, columns, lags)
-
-
 def _band_of_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
-  return compiled_banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], lags)
+  return banded_outer(rows[..., tf.newaxis], columns[..., tf.newaxis], lags)
 
 
 def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool, lags) -> tf.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import (bands_at_all_lags, check_bands, compiled_banded_outer, is_every_lag, resolve_lags,
+from tfggm.linalg.bands import (bands_at_all_lags, check_bands, banded_outer, is_every_lag, resolve_lags,
                                 sum_to_shape)
 from tfggm.linalg.blocks import (block_size_for, from_blocks, move_axis, row_blocks, scan_blocks, shift_blocks,
                                  to_blocks)
@@ -47,12 +47,12 @@ def banded_outer_product(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, .
                          algorithm: str) -> tf.Tensor:
   """The band of rows @ columns^T at `lags`: out[..., j, i] = sum_r rows[i, r] columns[i - lags[j], r].
 
-  "rows": `compiled_banded_outer`, O(n len(lags) r) flops and memory. "blocks": the products of block j of `rows`
+  "rows": `banded_outer`, O(n len(lags) r) flops and memory. "blocks": the products of block j of `rows`
   with blocks j and j - 1 of `columns` hold every entry of the band (B >= b):
   O(n B r) flops, matmuls shared by all r, then the rows at `lags`. Never n x n.
   """
   if algorithm == "rows":
-    return compiled_banded_outer(rows, columns, lags)
+    return banded_outer(rows, columns, lags)
   rows_b, columns_b = row_blocks(rows, block), row_blocks(columns, block)
   band = from_blocks(tf.matmul(rows_b, columns_b, adjoint_b=True),
                      tf.matmul(rows_b, shift_blocks(columns_b, -1), adjoint_b=True), int(rows.shape[-2]), lags[-1])
