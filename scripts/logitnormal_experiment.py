@@ -38,6 +38,11 @@ FIGURES = ROOT / "docs" / "figures"
 LIKELIHOODS = ("diagonal", "grid", "extended_grid")  # the precision of logit_normal_<name>
 POSTERIORS = ("diagonal", "extended_grid")
 CELLS = tuple((likelihood, posterior) for posterior in POSTERIORS for likelihood in LIKELIHOODS)
+# Every row trains with the whole step XLA-compiled: 2.1x faster per epoch on this machine for the grid likelihood
+# (1 thread; 3.5 vs 1.6 s for an epoch of 6,400 images), the same loss and gradients for the same z
+# (tests/test_vae.py). XLA skips the step's in-graph pixel checks; the pipeline's dequantized uint8 pixels lie in
+# [0, 1] by construction.
+PROTOCOL_FLAGS = ("--jit-compile",)
 
 
 def row_name(likelihood: str, posterior: str) -> str:
@@ -45,7 +50,7 @@ def row_name(likelihood: str, posterior: str) -> str:
 
 
 ROWS = tuple(Row(row_name(likelihood, posterior),
-                 ("--likelihood", f"logit_normal_{likelihood}", "--posterior", posterior),
+                 ("--likelihood", f"logit_normal_{likelihood}", "--posterior", posterior, *PROTOCOL_FLAGS),
                  baseline=None if likelihood == "diagonal" else row_name("diagonal", posterior))
              for likelihood, posterior in CELLS)
 

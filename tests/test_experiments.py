@@ -109,12 +109,13 @@ def test_logitnormal_rows_cross_likelihoods_with_posteriors_against_the_diagonal
   rows = {row.name: row for row in logitnormal.ROWS}
   assert len(rows) == 6
   for row in rows.values():
-    flags = dict(zip(row.train_args[::2], row.train_args[1::2]))
+    assert row.train_args[4:] == ("--jit-compile",)
+    flags = dict(zip(row.train_args[:4:2], row.train_args[1:4:2]))
     assert flags["--likelihood"].startswith("logit_normal_")
     if flags["--likelihood"] == "logit_normal_diagonal":
       assert row.baseline is None
     else:
-      baseline = dict(zip(rows[row.baseline].train_args[::2], rows[row.baseline].train_args[1::2]))
+      baseline = dict(zip(rows[row.baseline].train_args[:4:2], rows[row.baseline].train_args[1:4:2]))
       assert baseline == {"--likelihood": "logit_normal_diagonal", "--posterior": flags["--posterior"]}
   args = logitnormal.build_parser().parse_args([])
   assert (args.epochs, args.num_samples, args.runs.name) == (100, 1000, "logitnormal")

@@ -209,3 +209,11 @@ def test_history_summary_keeps_the_last_record_of_a_resumed_epoch_and_a_robust_e
   assert (summary["epochs_run"], summary["best_epoch"], summary["best_val_elbo"]) == (4, 4, -107.0)
   assert summary["median_epoch_seconds"] == 11.5 and summary["total_epoch_seconds"] == 933.0
   assert summary["final_train_elbo"] == -104.0
+
+
+
+def test_cli_jit_compile_is_stored_in_the_run_configuration(tiny_mnist, tmp_path):
+  small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1", "--epochs", 1, "--verbose", 0]
+  assert _tfggm("train", tmp_path, "--data-dir", tiny_mnist, "--posterior", "chain", "--jit-compile", *small) == 0
+  assert json.loads((tmp_path / "config.json").read_text())["jit_compile"] is True
+  assert np.isfinite(np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True)["val_elbo"])

@@ -43,6 +43,8 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=defaults.seed)
   parser.add_argument("--max-examples", type=_positive, default=None,
                       help="use only this many images of each split (quick runs)")
+  parser.add_argument("--jit-compile", action="store_true",
+                      help="XLA-compile the whole training step (faster; in-graph pixel checks are then skipped)")
 
 
 def _config_from(args):
@@ -53,7 +55,7 @@ def _config_from(args):
       num_samples=args.num_samples, analytic_kl=not args.monte_carlo_kl, warmup_epochs=args.warmup_epochs,
       learning_rate=args.learning_rate, clip_global_norm=args.clip_global_norm or None,
       batch_size=args.batch_size, epochs=args.epochs, alpha=args.alpha, seed=args.seed,
-      max_examples=args.max_examples)
+      max_examples=args.max_examples, jit_compile=args.jit_compile)
 
 
 def _train(args) -> None:
