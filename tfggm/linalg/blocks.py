@@ -51,7 +51,7 @@ def block_size_for(n: int, bandwidth: int, block_size: int | None = None) -> int
       block_size = max(-(-n // num_blocks), bandwidth)  # lags may reach past n
   if block_size < max(bandwidth, 1):
     raise ValueError(f"block_size {block_size} must be >= the bandwidth {bandwidth} (and >= 1).")
-  return max(1, min(block_size, max(n, bandwidth, 1)))
+  return min(block_size, max(n, bandwidth, 1))
 
 
 def to_blocks(bands: tf.Tensor, block: int, pad_diagonal: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
