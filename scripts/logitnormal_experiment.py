@@ -38,7 +38,7 @@ FIGURES = ROOT / "docs" / "figures"
 LIKELIHOODS = ("diagonal", "grid", "extended_grid")  # the precision of logit_normal_<name>
 POSTERIORS = ("diagonal", "extended_grid")
 CELLS = tuple((likelihood, posterior) for posterior in POSTERIORS for likelihood in LIKELIHOODS)
-# Every row trains with the whole step XLA-compiled: 2.1x faster per epoch on this machine for the grid likelihood
+# Every row trains with the whole step XLA-compiled: 2.2x faster per epoch on this machine for the grid likelihood
 # (1 thread; 3.5 vs 1.6 s for an epoch of 6,400 images), the same loss and gradients for the same z
 # (tests/test_vae.py). XLA skips the step's in-graph pixel checks; the pipeline's dequantized uint8 pixels lie in
 # [0, 1] by construction.

@@ -211,9 +211,12 @@ def test_history_summary_keeps_the_last_record_of_a_resumed_epoch_and_a_robust_e
   assert summary["final_train_elbo"] == -104.0
 
 
-
-def test_cli_jit_compile_is_stored_in_the_run_configuration(tiny_mnist, tmp_path):
+def test_a_cli_run_trained_under_xla_stores_the_flag_and_evaluates_and_exports(tiny_mnist, tmp_path):
+  run = tmp_path / "run"
   small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1", "--epochs", 1, "--verbose", 0]
-  assert _tfggm("train", tmp_path, "--data-dir", tiny_mnist, "--posterior", "chain", "--jit-compile", *small) == 0
-  assert json.loads((tmp_path / "config.json").read_text())["jit_compile"] is True
-  assert np.isfinite(np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True)["val_elbo"])
+  assert _tfggm("train", run, "--data-dir", tiny_mnist, "--posterior", "chain", "--jit-compile", *small) == 0
+  assert json.loads((run / "config.json").read_text())["jit_compile"] is True
+  assert _tfggm("evaluate", run, "--data-dir", tiny_mnist, "--num-samples", 4, "--max-test", 20) == 0
+  assert np.isfinite(json.loads((run / "evaluation.json").read_text())["test_log_likelihood"]["mean"])
+  assert _tfggm("export", run, "--to", tmp_path / "export") == 0
+  assert (tmp_path / "export" / "1" / "saved_model.pb").exists()

@@ -129,7 +129,8 @@ def banded_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> 
   O(n len(lags) r) flops and memory, never n x n. The gradient of every banded
   kernel w.r.t. L has this form. One compiled kernel: the repeat, shift,
   product and sum fuse into one pass over the [..., R, n] result instead of
-  several R n r intermediates.
+  several R n r intermediates. Not differentiable: like every `xla_kernel`, its
+  inputs pass `tf.stop_gradient` (callers use it inside their own gradients).
   """
   columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
   lagged = shift_rows(tf.repeat(columns_t, len(lags), axis=-2), +1, lags)  # [..., r, R, n]: columns[i - lags[j]]
