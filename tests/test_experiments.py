@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -43,7 +44,9 @@ def test_rows_are_trained_evaluated_compared_pairwise_and_not_retrained(tiny_mni
   experiment = Experiment(runs=tmp_path / "runs", epochs=1, num_samples=4, data_dir=str(tiny_mnist),
                           extra_train_args=TINY)
   assert experiments.run_rows(experiment, rows, jobs=2) == []
-  results = experiments.collect_results(experiment, rows)
+  archive = tmp_path / "results" / "tiny"
+  experiments.archive_rows(experiment, rows, archive)
+  results = experiments.collect_results(archive, rows)
   experiments.write_results(experiment, results, _table(results), tmp_path / "results", "tiny")
 
   report = json.loads((tmp_path / "results" / "tiny.json").read_text())
@@ -65,6 +68,29 @@ def test_rows_are_trained_evaluated_compared_pairwise_and_not_retrained(tiny_mni
   assert {row.name: _run_files(experiment.run_dir(row)) for row in rows} == before
   for row in rows:
     assert json.loads((experiment.run_dir(row) / "summary.json").read_text())["epochs_run"] == 1
+
+  shutil.rmtree(experiment.runs)  # the machine is gone; the archive is not
+  experiments.archive_rows(experiment, rows, archive)
+  assert experiments.collect_results(archive, rows) == results
+
+
+def test_archived_rows_pair_when_both_have_per_image_values_else_keep_what_they_record(tmp_path):
+  rows = [Row("base", ()), Row("other", (), baseline="base")]
+  rng = np.random.default_rng(0)
+  values = {name: dict(log_likelihood=rng.normal(size=50), elbo=rng.normal(size=50)) for name in ("base", "other")}
+  recorded = dict(log_likelihood=dict(mean=1.0, stderr=0.1), elbo=dict(mean=2.0, stderr=0.2))
+  for name, result in (("base", {}), ("other", dict(paired_vs_base=recorded))):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / experiments.RESULT).write_text(json.dumps(dict(evaluation={}, training={}, **result)))
+  assert experiments.collect_results(tmp_path, rows)["other"]["paired_vs_base"] == recorded
+  for name in ("base", "other"):
+    np.savez(tmp_path / name / experiments.PER_EXAMPLE, **values[name])
+  paired = experiments.collect_results(tmp_path, rows)["other"]["paired_vs_base"]
+  difference = values["other"]["elbo"] - values["base"]["elbo"]
+  np.testing.assert_allclose(paired["elbo"]["mean"], difference.mean(), rtol=1e-12)
+  np.testing.assert_allclose(paired["elbo"]["stderr"], difference.std(ddof=1) / np.sqrt(50), rtol=1e-12)
+  assert list(experiments.collect_results(tmp_path, rows[::-1])) == ["other", "base"]
+  assert experiments.collect_results(tmp_path / "none", rows) == {}
 
 
 def test_a_failing_row_is_reported_and_the_others_are_evaluated_once(monkeypatch, tmp_path):

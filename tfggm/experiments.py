@@ -6,9 +6,13 @@ each) trained under one protocol (epochs, seed, K of the IS estimate).
 few TensorFlow threads. Running it again resumes every unfinished row from its
 last epoch (`tfggm train` restores its BackupAndRestore state), leaves
 completed runs alone, and evaluates a row once, on the fixed test set, after
-its training completes. `collect_results` gathers the finished rows and the
-paired differences to each row's baseline on the same test images;
-`write_results` writes them as `<name>.json` and `<name>.md`.
+its training completes. `archive_rows` copies each finished row's results
+(report, training summary, per-image values) into a committed archive,
+`<results>/<name>/<row>/`: the run directories (checkpoints, logs) stay out of
+git and may be lost with the machine, the archive is not. `collect_results`
+gathers the archived rows and the paired differences to each row's baseline
+on the same test images; `write_results` writes them as `<name>.json` and
+`<name>.md`.
 
 The driver itself only starts processes and reads their files; each row's
 training and evaluation run in their own process, so the rows share no
@@ -23,6 +27,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,9 +39,12 @@ import numpy as np
 from tfggm.history import run_summary
 
 __all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_from", "run_rows",
-           "paired_difference", "collect_results", "estimate", "markdown_table", "write_results", "main", "PAIRED_KEYS"]
+           "archive_rows", "paired_difference", "collect_results", "estimate", "markdown_table", "write_results",
+           "main", "PAIRED_KEYS"]
 
 PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
+PER_EXAMPLE = "evaluation_per_example.npz"  # written by `tfggm evaluate`, copied into the archive
+RESULT = "result.json"  # an archived row: {"evaluation": report, "training": summary}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +176,25 @@ def run_rows(experiment: Experiment, rows: Iterable[Row], jobs: int) -> list[str
   return failed
 
 
+def archive_rows(experiment: Experiment, rows: Iterable[Row], archive: pathlib.Path) -> None:
+  """Copies every finished row's results from its run directory into archive/<row>/.
+
+  Each row gets `result.json` ({"evaluation": its evaluation.json, "training":
+  the summary of its history}) and its per-image values
+  (evaluation_per_example.npz, 2 x 8 bytes per test image). A row archived
+  once stays in the tables after its run directory is gone, and its
+  per-image values still pair with rows that finish later.
+  """
+  for row in rows:
+    if not experiment.is_finished(row):
+      continue
+    run_dir, target = experiment.run_dir(row), archive / row.name
+    target.mkdir(parents=True, exist_ok=True)
+    result = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()), training=run_summary(run_dir))
+    (target / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+    shutil.copyfile(run_dir / PER_EXAMPLE, target / PER_EXAMPLE)
+
+
 def paired_difference(row_dir: pathlib.Path, base_dir: pathlib.Path, key: str) -> dict:
   """Mean and standard error of (row - base) per test image, from the two evaluation_per_example.npz.
 
@@ -178,27 +205,28 @@ def paired_difference(row_dir: pathlib.Path, base_dir: pathlib.Path, key: str) -
   Both rows see the same fixed test images, so the shared per-image difficulty
   cancels and the standard error is far smaller than that of either mean.
   """
-  difference = (np.load(row_dir / "evaluation_per_example.npz")[key]
-                - np.load(base_dir / "evaluation_per_example.npz")[key])
+  difference = np.load(row_dir / PER_EXAMPLE)[key] - np.load(base_dir / PER_EXAMPLE)[key]
   return dict(mean=float(difference.mean()), stderr=float(difference.std(ddof=1) / np.sqrt(len(difference))))
 
 
-def collect_results(experiment: Experiment, rows: Sequence[Row]) -> dict:
-  """{row name: evaluation, training summary, paired_vs_<baseline>} of the rows evaluated so far.
+def collect_results(archive: pathlib.Path, rows: Sequence[Row]) -> dict:
+  """{row name: evaluation, training, paired_vs_<baseline>} of the rows in the archive.
 
-  The paired differences (in nats, for each of PAIRED_KEYS) are there when the
-  baseline is evaluated too. Rows keep the order given.
+  The paired differences (in nats, for each of PAIRED_KEYS) are computed from
+  the archived per-image values of the row and of its baseline when both are
+  there; a result.json without per-image values keeps the paired differences
+  it records. Rows keep the order given.
   """
   results = {}
   for row in rows:
-    run_dir = experiment.run_dir(row)
-    if not experiment.is_finished(row):
+    row_dir = archive / row.name
+    if not (row_dir / RESULT).exists():
       continue
-    results[row.name] = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()),
-                             training=run_summary(run_dir))
-    if row.baseline and (experiment.runs / row.baseline / "evaluation.json").exists():
+    results[row.name] = json.loads((row_dir / RESULT).read_text())
+    base_dir = archive / str(row.baseline)
+    if row.baseline and (row_dir / PER_EXAMPLE).exists() and (base_dir / PER_EXAMPLE).exists():
       results[row.name][f"paired_vs_{row.baseline}"] = {
-          key: paired_difference(run_dir, experiment.runs / row.baseline, key) for key in PAIRED_KEYS}
+          key: paired_difference(row_dir, base_dir, key) for key in PAIRED_KEYS}
   return results
 
 
@@ -227,14 +255,16 @@ def main(args: argparse.Namespace, rows: Sequence[Row], table: Callable[[dict, i
          directory: pathlib.Path, name: str, after_training: Callable[[Experiment], None] = lambda _: None,
          after_results: Callable[[], None] = lambda: None) -> None:
   """An experiment script's whole run: train and evaluate the chosen rows (unless --tables-only), then
-  `after_training` (exports, samples), `after_results` (figures), and the tables; exits 1 if a row failed."""
+  `after_training` (exports, samples), `after_results` (figures), the archive (directory/name/) and the tables;
+  exits 1 if a row failed."""
   experiment = experiment_from(args)
   failed = []
   if not args.tables_only:
     failed = run_rows(experiment, [row for row in rows if row.name in args.rows], args.jobs)
     after_training(experiment)
   after_results()
-  results = collect_results(experiment, rows)
+  archive_rows(experiment, rows, directory / name)
+  results = collect_results(directory / name, rows)
   write_results(experiment, results, table(results, args.num_samples), directory, name)
   if failed:
     sys.exit(f"rows {', '.join(failed)} failed; see their logs in {experiment.runs}")

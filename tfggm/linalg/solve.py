@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg.bands import (bands_at_all_lags, check_bands, banded_outer, is_every_lag, resolve_lags,
-                                sum_to_shape)
+from tfggm.linalg.bands import banded_outer, bands_at_all_lags, check_bands, is_every_lag, resolve_lags, sum_to_shape
 from tfggm.linalg.blocks import (block_size_for, from_blocks, move_axis, row_blocks, scan_blocks, shift_blocks,
                                  to_blocks)
 from tfggm.linalg.row_substitution import row_substitution
