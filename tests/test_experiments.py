@@ -74,23 +74,55 @@ def test_rows_are_trained_evaluated_compared_pairwise_and_not_retrained(tiny_mni
   assert experiments.collect_results(archive, rows) == results
 
 
-def test_archived_rows_pair_when_both_have_per_image_values_else_keep_what_they_record(tmp_path):
+def _archive_row(archive: pathlib.Path, name: str, log_likelihood: float, **recorded) -> None:
+  (archive / name).mkdir(parents=True, exist_ok=True)
+  evaluation = dict(test_log_likelihood=dict(mean=log_likelihood, stderr=1.0))
+  (archive / name / experiments.RESULT).write_text(json.dumps(dict(evaluation=evaluation, training={}, **recorded)))
+
+
+def test_archived_rows_pair_on_per_image_values_else_keep_only_differences_against_the_archived_baseline(tmp_path):
   rows = [Row("base", ()), Row("other", (), baseline="base")]
+  recorded = dict(log_likelihood=dict(mean=1.0, stderr=0.1), elbo=dict(mean=2.0, stderr=0.2),
+                  baseline_log_likelihood=-90.0)
+  _archive_row(tmp_path, "base", -90.0)
+  _archive_row(tmp_path, "other", -89.0, paired_vs_base=recorded)
+  assert experiments.collect_results(tmp_path, rows)["other"]["paired_vs_base"] == recorded
+
+  _archive_row(tmp_path, "base", -90.5)  # the baseline was retrained: the recorded differences are stale
+  assert "paired_vs_base" not in experiments.collect_results(tmp_path, rows)["other"]
   rng = np.random.default_rng(0)
   values = {name: dict(log_likelihood=rng.normal(size=50), elbo=rng.normal(size=50)) for name in ("base", "other")}
-  recorded = dict(log_likelihood=dict(mean=1.0, stderr=0.1), elbo=dict(mean=2.0, stderr=0.2))
-  for name, result in (("base", {}), ("other", dict(paired_vs_base=recorded))):
-    (tmp_path / name).mkdir()
-    (tmp_path / name / experiments.RESULT).write_text(json.dumps(dict(evaluation={}, training={}, **result)))
-  assert experiments.collect_results(tmp_path, rows)["other"]["paired_vs_base"] == recorded
-  for name in ("base", "other"):
-    np.savez(tmp_path / name / experiments.PER_EXAMPLE, **values[name])
+  np.savez(tmp_path / "other" / experiments.PER_EXAMPLE, **values["other"])
+  assert "paired_vs_base" not in experiments.collect_results(tmp_path, rows)["other"]  # the base has no values
+
+  np.savez(tmp_path / "base" / experiments.PER_EXAMPLE, **values["base"])
   paired = experiments.collect_results(tmp_path, rows)["other"]["paired_vs_base"]
-  difference = values["other"]["elbo"] - values["base"]["elbo"]
-  np.testing.assert_allclose(paired["elbo"]["mean"], difference.mean(), rtol=1e-12)
-  np.testing.assert_allclose(paired["elbo"]["stderr"], difference.std(ddof=1) / np.sqrt(50), rtol=1e-12)
+  assert paired["baseline_log_likelihood"] == -90.5
+  for key in experiments.PAIRED_KEYS:
+    difference = values["other"][key] - values["base"][key]
+    np.testing.assert_allclose(paired[key]["mean"], difference.mean(), rtol=1e-12)
+    np.testing.assert_allclose(paired[key]["stderr"], difference.std(ddof=1) / np.sqrt(50), rtol=1e-12)
   assert list(experiments.collect_results(tmp_path, rows[::-1])) == ["other", "base"]
   assert experiments.collect_results(tmp_path / "none", rows) == {}
+
+
+def test_only_rows_finished_under_the_protocol_are_archived(tmp_path):
+  experiment = Experiment(runs=tmp_path / "runs", epochs=3, num_samples=4)
+  runs = {"done": (4, 3), "other_k": (8, 3), "fewer_epochs": (4, 2)}
+  for name, (num_samples, epochs_run) in runs.items():
+    run_dir = experiment.runs / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "evaluation.json").write_text(json.dumps(dict(num_importance_samples=num_samples)))
+    (run_dir / "summary.json").write_text(json.dumps(dict(epochs_run=epochs_run)))
+    np.savez(run_dir / experiments.PER_EXAMPLE, log_likelihood=np.zeros(3), elbo=np.zeros(3))
+  (experiment.runs / "unfinished").mkdir()
+  rows = [Row(name, ()) for name in (*runs, "unfinished")]
+  experiments.archive_rows(experiment, rows, tmp_path / "archive")
+  assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["done"]
+  assert sorted(p.name for p in (tmp_path / "archive" / "done").iterdir()) == [experiments.PER_EXAMPLE,
+                                                                               experiments.RESULT]
+  assert experiments.collect_results(tmp_path / "archive", rows) == {
+      "done": dict(evaluation=dict(num_importance_samples=4), training=dict(epochs_run=3))}
 
 
 def test_a_failing_row_is_reported_and_the_others_are_evaluated_once(monkeypatch, tmp_path):
@@ -209,3 +241,18 @@ def test_figures_draw_the_chosen_rows_from_their_tracked_posteriors(tmp_path):
                             "--out", str(out)],
                            capture_output=True, text=True)
   assert missing.returncode != 0 and "no tracked posteriors" in missing.stderr
+
+
+@pytest.mark.parametrize("train_args", ["", "--max-examples 200"])
+def test_main_writes_the_committed_tables_and_archive_unless_a_trial_adds_train_args(train_args, tmp_path):
+  """Rows archived by hand stand for rows finished earlier: `--tables-only` builds the table from them."""
+  rows = [Row("base", ()), Row("other", (), baseline="base")]
+  committed = tmp_path / "results"
+  _archive_row(committed / "tiny", "base", -90.0)
+  args = _script("logitnormal_experiment").build_parser().parse_args(
+      ["--runs", str(tmp_path / "runs"), "--tables-only", "--train-args", train_args])
+  experiments.main(args, rows, lambda results, num_samples: _table(results), committed, "tiny")
+  written = tmp_path / "runs" / "results" if train_args else committed
+  assert list(json.loads((written / "tiny.json").read_text())["rows"]) == ([] if train_args else ["base"])
+  assert (written / "tiny.md").read_text().splitlines()[2:] == ([] if train_args else ["| base | -90.00 ± 1.00 | — |"])
+  assert (committed / "tiny.json").exists() != bool(train_args)

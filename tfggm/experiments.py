@@ -44,7 +44,7 @@ __all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_
 
 PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
 PER_EXAMPLE = "evaluation_per_example.npz"  # written by `tfggm evaluate`, copied into the archive
-RESULT = "result.json"  # an archived row: {"evaluation": report, "training": summary}
+RESULT = "result.json"  # an archived row: {"evaluation": report, "training": summary[, "paired_vs_<baseline>"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +140,8 @@ def argument_parser(description: str, rows: Sequence[Row], runs: pathlib.Path, e
                       help="directory of the MNIST IDX files (None: where `tfggm train` looks)")
   parser.add_argument("--train-args", default="",
                       help="extra `tfggm train` flags for every row, quoted, e.g. --train-args='--max-examples "
-                           "2000'; part of each run's configuration, so resume with the same ones")
+                           "2000'; part of each run's configuration, so resume with the same ones; a trial's tables and archive "
+                           "go to <runs>/results/, not over the committed ones")
   parser.add_argument("--tables-only", action="store_true", help="only rewrite the tables from finished rows")
   return parser
 
@@ -177,22 +178,24 @@ def run_rows(experiment: Experiment, rows: Iterable[Row], jobs: int) -> list[str
 
 
 def archive_rows(experiment: Experiment, rows: Iterable[Row], archive: pathlib.Path) -> None:
-  """Copies every finished row's results from its run directory into archive/<row>/.
+  """Copies the results of every row finished under the protocol from its run directory into archive/<row>/.
 
-  Each row gets `result.json` ({"evaluation": its evaluation.json, "training":
-  the summary of its history}) and its per-image values
-  (evaluation_per_example.npz, 2 x 8 bytes per test image). A row archived
-  once stays in the tables after its run directory is gone, and its
-  per-image values still pair with rows that finish later.
+  A row counts when it is evaluated with the protocol's K and trained for the
+  protocol's epochs; its archive/<row>/ is then rewritten from the run
+  directory: its per-image values (evaluation_per_example.npz, 2 x 8 bytes per
+  test image), then `result.json` ({"evaluation": its evaluation.json,
+  "training": the summary of its history}). A row archived once stays in the
+  tables after its run directory is gone, and its per-image values still pair
+  with rows that finish later.
   """
   for row in rows:
-    if not experiment.is_finished(row):
-      continue
     run_dir, target = experiment.run_dir(row), archive / row.name
+    if not experiment.is_evaluated(row) or run_summary(run_dir)["epochs_run"] != experiment.epochs:
+      continue
     target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / PER_EXAMPLE, target / PER_EXAMPLE)
     result = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()), training=run_summary(run_dir))
     (target / RESULT).write_text(json.dumps(result, indent=2) + "\n")
-    shutil.copyfile(run_dir / PER_EXAMPLE, target / PER_EXAMPLE)
 
 
 def paired_difference(row_dir: pathlib.Path, base_dir: pathlib.Path, key: str) -> dict:
@@ -209,24 +212,50 @@ def paired_difference(row_dir: pathlib.Path, base_dir: pathlib.Path, key: str) -
   return dict(mean=float(difference.mean()), stderr=float(difference.std(ddof=1) / np.sqrt(len(difference))))
 
 
-def collect_results(archive: pathlib.Path, rows: Sequence[Row]) -> dict:
-  """{row name: evaluation, training, paired_vs_<baseline>} of the rows in the archive.
+def _load_result(row_dir: pathlib.Path) -> dict | None:
+  path = row_dir / RESULT
+  return json.loads(path.read_text()) if path.exists() else None
 
-  The paired differences (in nats, for each of PAIRED_KEYS) are computed from
-  the archived per-image values of the row and of its baseline when both are
-  there; a result.json without per-image values keeps the paired differences
-  it records. Rows keep the order given.
+
+def _paired(archive: pathlib.Path, row: Row, recorded: dict | None) -> dict | None:
+  """The paired differences of an archived row to its archived baseline, or None.
+
+  Computed from the per-image values of both when both are there; else
+  `recorded` (what the row's result.json holds) if it was computed against the
+  baseline as archived now (its `baseline_log_likelihood` is the baseline's
+  test log p(x)), so a retrained baseline never meets stale differences.
+  """
+  row_dir, base_dir = archive / row.name, archive / row.baseline
+  base = _load_result(base_dir)
+  if base is None:
+    return None
+  base_log_likelihood = base["evaluation"]["test_log_likelihood"]["mean"]
+  if (row_dir / PER_EXAMPLE).exists() and (base_dir / PER_EXAMPLE).exists():
+    return dict({key: paired_difference(row_dir, base_dir, key) for key in PAIRED_KEYS},
+                baseline_log_likelihood=base_log_likelihood)
+  if recorded is not None and recorded.get("baseline_log_likelihood") == base_log_likelihood:
+    return recorded
+  return None
+
+
+def collect_results(archive: pathlib.Path, rows: Sequence[Row]) -> dict:
+  """{row name: evaluation, training, paired_vs_<baseline>} of the rows in the archive, in the order given.
+
+  `paired_vs_<baseline>` holds the paired differences (in nats) of each of
+  PAIRED_KEYS and the baseline's test log p(x) they were computed against;
+  see `_paired` for when a row has them.
   """
   results = {}
   for row in rows:
-    row_dir = archive / row.name
-    if not (row_dir / RESULT).exists():
+    result = _load_result(archive / row.name)
+    if result is None:
       continue
-    results[row.name] = json.loads((row_dir / RESULT).read_text())
-    base_dir = archive / str(row.baseline)
-    if row.baseline and (row_dir / PER_EXAMPLE).exists() and (base_dir / PER_EXAMPLE).exists():
-      results[row.name][f"paired_vs_{row.baseline}"] = {
-          key: paired_difference(row_dir, base_dir, key) for key in PAIRED_KEYS}
+    if row.baseline:
+      key = f"paired_vs_{row.baseline}"
+      paired = _paired(archive, row, result.pop(key, None))
+      if paired is not None:
+        result[key] = paired
+    results[row.name] = result
   return results
 
 
@@ -255,9 +284,12 @@ def main(args: argparse.Namespace, rows: Sequence[Row], table: Callable[[dict, i
          directory: pathlib.Path, name: str, after_training: Callable[[Experiment], None] = lambda _: None,
          after_results: Callable[[], None] = lambda: None) -> None:
   """An experiment script's whole run: train and evaluate the chosen rows (unless --tables-only), then
-  `after_training` (exports, samples), `after_results` (figures), the archive (directory/name/) and the tables;
-  exits 1 if a row failed."""
+  `after_training` (exports, samples), `after_results` (figures), the archive (directory/name/) and the tables
+  (directory/name.{json,md}); with extra train args (a trial) the archive and tables go to <runs>/results/
+  instead. Exits 1 if a row failed."""
   experiment = experiment_from(args)
+  if experiment.extra_train_args:  # a trial: its archive and tables stay beside its runs
+    directory = experiment.runs / "results"
   failed = []
   if not args.tables_only:
     failed = run_rows(experiment, [row for row in rows if row.name in args.rows], args.jobs)
