@@ -254,5 +254,6 @@ def test_main_writes_the_committed_tables_and_archive_unless_a_trial_adds_train_
   experiments.main(args, rows, lambda results, num_samples: _table(results), committed, "tiny")
   written = tmp_path / "runs" / "results" if train_args else committed
   assert list(json.loads((written / "tiny.json").read_text())["rows"]) == ([] if train_args else ["base"])
-  assert (written / "tiny.md").read_text().splitlines()[2:] == ([] if train_args else ["| base | -90.00 ± 1.00 | — |"])
+  expected_lines = [] if train_args else ["| base | -90.00 ± 1.00 | — |"]
+  assert (written / "tiny.md").read_text().splitlines()[2:] == expected_lines
   assert (committed / "tiny.json").exists() != bool(train_args)

@@ -140,8 +140,8 @@ def argument_parser(description: str, rows: Sequence[Row], runs: pathlib.Path, e
                       help="directory of the MNIST IDX files (None: where `tfggm train` looks)")
   parser.add_argument("--train-args", default="",
                       help="extra `tfggm train` flags for every row, quoted, e.g. --train-args='--max-examples "
-                           "2000'; part of each run's configuration, so resume with the same ones; a trial's tables and archive "
-                           "go to <runs>/results/, not over the committed ones")
+                           "2000'; part of each run's configuration, so resume with the same ones; a trial's tables "
+                           "and archive go to <runs>/results/, not over the committed ones")
   parser.add_argument("--tables-only", action="store_true", help="only rewrite the tables from finished rows")
   return parser
 
@@ -190,11 +190,14 @@ def archive_rows(experiment: Experiment, rows: Iterable[Row], archive: pathlib.P
   """
   for row in rows:
     run_dir, target = experiment.run_dir(row), archive / row.name
-    if not experiment.is_evaluated(row) or run_summary(run_dir)["epochs_run"] != experiment.epochs:
+    if not experiment.is_evaluated(row):
+      continue
+    training = run_summary(run_dir)
+    if training["epochs_run"] != experiment.epochs:
       continue
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / PER_EXAMPLE, target / PER_EXAMPLE)
-    result = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()), training=run_summary(run_dir))
+    result = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()), training=training)
     (target / RESULT).write_text(json.dumps(result, indent=2) + "\n")
 
 
