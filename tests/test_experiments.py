@@ -257,3 +257,23 @@ def test_main_writes_the_committed_tables_and_archive_unless_a_trial_adds_train_
   expected_lines = [] if train_args else ["| base | -90.00 ± 1.00 | — |"]
   assert (written / "tiny.md").read_text().splitlines()[2:] == expected_lines
   assert (committed / "tiny.json").exists() != bool(train_args)
+
+
+def test_rows_archived_under_the_protocol_are_not_rerun_on_a_new_machine_unless_named(monkeypatch, tmp_path):
+  """The run directories are gone (a new machine): the committed archive decides what is left, unless --rows."""
+  started = []
+  monkeypatch.setattr(experiments, "run_rows",
+                      lambda experiment, rows, jobs: started.extend(row.name for row in rows) or [])
+  rows = [Row("done", ()), Row("other_k", (), baseline="done"), Row("fewer_epochs", (), baseline="done"),
+          Row("new", (), baseline="done")]
+  committed = tmp_path / "results"
+  for name, (num_samples, epochs_run) in {"done": (4, 3), "other_k": (8, 3), "fewer_epochs": (4, 2)}.items():
+    (committed / "tiny" / name).mkdir(parents=True)
+    evaluation = dict(num_importance_samples=num_samples, test_log_likelihood=dict(mean=-90.0, stderr=1.0))
+    result = dict(evaluation=evaluation, training=dict(epochs_run=epochs_run))
+    (committed / "tiny" / name / experiments.RESULT).write_text(json.dumps(result))
+  parser = experiments.argument_parser("tiny", rows, runs=tmp_path / "runs", epochs=3, num_samples=4)
+  for flags, expected in [([], ["other_k", "fewer_epochs", "new"]), (["--rows", "new", "done"], ["done", "new"])]:
+    started.clear()
+    experiments.main(parser.parse_args(flags), rows, lambda results, num_samples: _table(results), committed, "tiny")
+    assert started == expected  # named rows run archived or not, in the experiment's order

@@ -6,7 +6,9 @@ each) trained under one protocol (epochs, seed, K of the IS estimate).
 few TensorFlow threads. Running it again resumes every unfinished row from its
 last epoch (`tfggm train` restores its BackupAndRestore state), leaves
 completed runs alone, and evaluates a row once, on the fixed test set, after
-its training completes. `archive_rows` copies each finished row's results
+its training completes. A row already in the archive under the protocol is not rerun, on any machine,
+unless named with --rows.
+`archive_rows` copies each finished row's results
 (report, training summary, per-image values) into a committed archive,
 `<results>/<name>/<row>/`: the run directories (checkpoints, logs) stay out of
 git and may be lost with the machine, the archive is not. `collect_results`
@@ -39,8 +41,8 @@ import numpy as np
 from tfggm.history import run_summary
 
 __all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_from", "run_rows",
-           "archive_rows", "paired_difference", "collect_results", "estimate", "markdown_table", "write_results",
-           "main", "PAIRED_KEYS"]
+           "archive_rows", "is_archived", "paired_difference", "collect_results", "estimate", "markdown_table",
+           "write_results", "main", "PAIRED_KEYS"]
 
 PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
 PER_EXAMPLE = "evaluation_per_example.npz"  # written by `tfggm evaluate`, copied into the archive
@@ -133,8 +135,9 @@ def argument_parser(description: str, rows: Sequence[Row], runs: pathlib.Path, e
   parser.add_argument("--jobs", type=int, default=2, help="rows trained at once")
   parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads per row")
   names = [row.name for row in rows]
-  parser.add_argument("--rows", nargs="+", default=names, choices=names,
-                      help="rows to train and evaluate (the tables show every finished row)")
+  parser.add_argument("--rows", nargs="+", default=None, choices=names,
+                      help="rows to train and evaluate, archived or not (default: every row not yet in the archive "
+                           "under this protocol); the tables show every archived row")
   parser.add_argument("--runs", type=pathlib.Path, default=runs, help="one run directory per row in here")
   parser.add_argument("--data-dir", default=None,
                       help="directory of the MNIST IDX files (None: where `tfggm train` looks)")
@@ -199,6 +202,13 @@ def archive_rows(experiment: Experiment, rows: Iterable[Row], archive: pathlib.P
     shutil.copyfile(run_dir / PER_EXAMPLE, target / PER_EXAMPLE)
     result = dict(evaluation=json.loads((run_dir / "evaluation.json").read_text()), training=training)
     (target / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def is_archived(experiment: Experiment, row: Row, archive: pathlib.Path) -> bool:
+  """Whether archive/<row>/ holds the row's results under the protocol (its epochs and K), from any machine."""
+  result = _load_result(archive / row.name)
+  return (result is not None and result["training"].get("epochs_run") == experiment.epochs
+          and result["evaluation"].get("num_importance_samples") == experiment.num_samples)
 
 
 def paired_difference(row_dir: pathlib.Path, base_dir: pathlib.Path, key: str) -> dict:
@@ -283,6 +293,17 @@ def write_results(experiment: Experiment, results: dict, table: str, directory: 
   print(table)
 
 
+def _rows_to_run(experiment: Experiment, rows: Sequence[Row], named: Sequence[str] | None,
+                 archive: pathlib.Path) -> list[Row]:
+  """The rows named (--rows), else every row not yet archived under the protocol (on whatever machine)."""
+  if named is not None:
+    return [row for row in rows if row.name in named]
+  archived = [row.name for row in rows if is_archived(experiment, row, archive)]
+  if archived:
+    print(f"archived under this protocol in {archive}, not rerun: {', '.join(archived)}", flush=True)
+  return [row for row in rows if row.name not in archived]
+
+
 def main(args: argparse.Namespace, rows: Sequence[Row], table: Callable[[dict, int], str],
          directory: pathlib.Path, name: str, after_training: Callable[[Experiment], None] = lambda _: None,
          after_results: Callable[[], None] = lambda: None) -> None:
@@ -295,7 +316,7 @@ def main(args: argparse.Namespace, rows: Sequence[Row], table: Callable[[dict, i
     directory = experiment.runs / "results"
   failed = []
   if not args.tables_only:
-    failed = run_rows(experiment, [row for row in rows if row.name in args.rows], args.jobs)
+    failed = run_rows(experiment, _rows_to_run(experiment, rows, args.rows, directory / name), args.jobs)
     after_training(experiment)
   after_results()
   archive_rows(experiment, rows, directory / name)
