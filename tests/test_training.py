@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,6 +14,7 @@ import tf_keras
 from tfggm import cli
 from tfggm.config import ConfigError, VAEConfig
 from tfggm.training import train
+from tfggm.vae import build_vae
 
 SMALL = dict(hidden_units=(16,), batch_size=50, warmup_epochs=1)
 
@@ -51,6 +53,32 @@ def test_a_killed_run_resumes_at_the_next_epoch_with_the_same_weights(tiny_mnist
   assert sorted(tracked) == ["0", "1", "2"] and len(tracked["2"]["loc"]) == 16
   assert not any((tmp_path / "backup").iterdir())  # the backup is deleted once training completed
   assert any((tmp_path / "logs" / "extras").iterdir())
+
+
+def _datasets(group) -> list[str]:
+  """The paths of every dataset in an HDF5 group."""
+  names = []
+  group.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+  return names
+
+
+def test_several_steps_per_execution_give_the_same_training_as_one(tiny_mnist, tmp_path):
+  """Only how often Python sees a batch changes: the loss trajectory and the weights are those of one step per call."""
+  histories, weights = [], []
+  for steps in (1, 3):
+    run = tmp_path / f"steps{steps}"
+    train(VAEConfig(posterior="band4", epochs=2, steps_per_execution=steps, **SMALL), run, data_dir=tiny_mnist,
+          verbose=0)
+    histories.append(np.genfromtxt(run / "history.csv", delimiter=",", names=True))
+    with h5py.File(run / "final.weights.h5") as file:
+      weights.append({name: np.array(file[name]) for name in _datasets(file)})
+  for key in ("loss", "elbo", "val_elbo", "kl"):
+    np.testing.assert_allclose(histories[1][key], histories[0][key], rtol=1e-5)
+  assert weights[0].keys() == weights[1].keys() and len(weights[0]) >= 12
+  for name, value in weights[0].items():
+    np.testing.assert_allclose(weights[1][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+  assert not np.allclose(histories[0]["elbo"][0], histories[0]["elbo"][1])  # the epochs differ: a real trajectory
+  assert int(build_vae(VAEConfig(steps_per_execution=3, **SMALL))._steps_per_execution) == 3  # the flag is used
 
 
 def test_a_run_directory_with_another_configuration_is_refused(tiny_mnist, tmp_path):

@@ -45,6 +45,9 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
                       help="use only this many images of each split (quick runs)")
   parser.add_argument("--jit-compile", action="store_true",
                       help="XLA-compile the whole training step (faster; in-graph pixel checks are then skipped)")
+  parser.add_argument("--steps-per-execution", type=_positive, default=defaults.steps_per_execution,
+                      help="training steps per call of the step function: the same updates, fewer per-batch "
+                           "callback calls (faster for small models)")
 
 
 def _config_from(args):
@@ -55,7 +58,7 @@ def _config_from(args):
       num_samples=args.num_samples, analytic_kl=not args.monte_carlo_kl, warmup_epochs=args.warmup_epochs,
       learning_rate=args.learning_rate, clip_global_norm=args.clip_global_norm or None,
       batch_size=args.batch_size, epochs=args.epochs, alpha=args.alpha, seed=args.seed,
-      max_examples=args.max_examples, jit_compile=args.jit_compile)
+      max_examples=args.max_examples, jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
 
 
 def _train(args) -> None:

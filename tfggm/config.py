@@ -90,6 +90,8 @@ class VAEConfig:
   seed: int = 0
   max_examples: int | None = None    # truncate every split (quick runs, tests)
   jit_compile: bool = False          # XLA-compile the whole step (in-graph pixel checks are then skipped)
+  steps_per_execution: int = 1       # training steps per call of the step function: the same updates, fewer
+                                     # per-batch callback calls (Keras runs batch hooks once per call)
 
   def __post_init__(self):
     checks = [
@@ -97,6 +99,7 @@ class VAEConfig:
         (self.latent_dim >= 1, f"latent_dim must be >= 1; got {self.latent_dim}"),
         (self.num_samples >= 1, f"num_samples must be >= 1; got {self.num_samples}"),
         (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+        (self.steps_per_execution >= 1, f"steps_per_execution must be >= 1; got {self.steps_per_execution}"),
         (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
         (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
         (self.learning_rate > 0, f"learning_rate must be > 0; got {self.learning_rate}"),

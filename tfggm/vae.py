@@ -211,12 +211,16 @@ def build_decoder(config: VAEConfig) -> tf_keras.Model:
 
 
 def build_vae(config: VAEConfig) -> VAE:
-  """The VAE of a configuration, compiled with Adam (and global-norm clipping when set), XLA if asked."""
+  """The VAE of a configuration, compiled with Adam (and global-norm clipping when set), XLA if asked.
+
+  `steps_per_execution` runs that many training steps per call of the step function; each step's posterior
+  noise is seeded by the optimizer's step (`posterior_noise_seed`), so the updates are those of one step per call.
+  """
   tf_keras.utils.set_random_seed(config.seed)
   model = VAE(build_encoder(config), build_decoder(config), config.latent_dim, objective=config.objective,
               num_samples=config.num_samples, analytic_kl=config.analytic_kl, seed=config.seed, name="vae")
   model.compile(optimizer=tf_keras.optimizers.Adam(config.learning_rate,
                                                    global_clipnorm=config.clip_global_norm),
-                jit_compile=config.jit_compile)
+                jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
   model.beta.assign(0.0 if config.warmup_epochs else 1.0)
   return model
