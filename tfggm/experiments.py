@@ -6,12 +6,12 @@ each) trained under one protocol (epochs, seed, K of the IS estimate).
 few TensorFlow threads. Running it again resumes every unfinished row from its
 last epoch (`tfggm train` restores its BackupAndRestore state), leaves
 completed runs alone, and evaluates a row once, on the fixed test set, after
-its training completes. A row already in the archive under the protocol is not rerun, on any machine,
-unless named with --rows.
-`archive_rows` copies each finished row's results
-(report, training summary, per-image values) into a committed archive,
-`<results>/<name>/<row>/`: the run directories (checkpoints, logs) stay out of
-git and may be lost with the machine, the archive is not. `collect_results`
+its training completes; a row already in the archive under the protocol is
+not rerun on any machine unless named with --rows. `archive_rows` copies each
+finished row's results (report, training summary, per-image values) into a
+committed archive, `<results>/<name>/<row>/`: the run directories
+(checkpoints, logs) stay out of git and may be lost with the machine, the
+archive is not. `collect_results`
 gathers the archived rows and the paired differences to each row's baseline
 on the same test images; `write_results` writes them as `<name>.json` and
 `<name>.md`.
