@@ -167,7 +167,7 @@ def test_logitnormal_rows_cross_likelihoods_with_posteriors_against_the_diagonal
   rows = {row.name: row for row in logitnormal.ROWS}
   assert len(rows) == 6
   for row in rows.values():
-    assert row.train_args[4:] == ("--jit-compile",)
+    assert row.train_args[4:] == ("--jit-compile", "--steps-per-execution", "64")
     flags = dict(zip(row.train_args[:4:2], row.train_args[1:4:2]))
     assert flags["--likelihood"].startswith("logit_normal_")
     if flags["--likelihood"] == "logit_normal_diagonal":
