@@ -41,10 +41,8 @@ CELLS = tuple((likelihood, posterior) for posterior in POSTERIORS for likelihood
 # Every row trains with the whole step XLA-compiled: 2.2x faster per epoch on this machine for the grid likelihood
 # (1 thread; 3.5 vs 1.6 s for an epoch of 6,400 images), the same loss and gradients for the same z
 # (tests/test_vae.py). XLA skips the step's in-graph pixel checks; the pipeline's dequantized uint8 pixels lie in
-# [0, 1] by construction. 64 steps per call of the step function: the same updates, 1.5x faster per epoch (grid
-# likelihood, 1 thread: 4.9 vs 7.3 s for an epoch of 16,667 images, identical losses); the first two rows, archived
-# before this flag existed, ran one step per call.
-PROTOCOL_FLAGS = ("--jit-compile", "--steps-per-execution", "64")
+# [0, 1] by construction.
+PROTOCOL_FLAGS = ("--jit-compile", *experiments.STEPS_PER_EXECUTION)
 
 
 def row_name(likelihood: str, posterior: str) -> str:

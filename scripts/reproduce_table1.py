@@ -23,11 +23,7 @@ from tfggm.experiments import Experiment, Row
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 POSTERIORS = ("diagonal", "chain", "extended_grid", "gershgorin_grid", "band4")
-# 64 steps per call of the step function: the same updates (tests/test_training.py), half the time per epoch
-# at batch 32 (band-4: 8.6 s instead of 17.1 s), where Keras' per-batch callback calls cost about as much as the
-# step. The first four rows, trained before this flag existed, ran one step per call.
-STEPS_PER_EXECUTION = ("--steps-per-execution", "64")
-ROWS = tuple(Row(name, ("--posterior", name, *STEPS_PER_EXECUTION),
+ROWS = tuple(Row(name, ("--posterior", name, *experiments.STEPS_PER_EXECUTION),
                  baseline=None if name == "diagonal" else "diagonal")
              for name in POSTERIORS)
 EXPORTED = ("diagonal", "chain", "extended_grid")

@@ -42,8 +42,13 @@ from tfggm.history import run_summary
 
 __all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_from", "run_rows",
            "archive_rows", "is_archived", "paired_difference", "collect_results", "estimate", "markdown_table",
-           "write_results", "main", "PAIRED_KEYS"]
+           "write_results", "main", "PAIRED_KEYS", "STEPS_PER_EXECUTION"]
 
+# `tfggm train` flags of the experiments' rows: 64 steps per call of the step function, the same updates
+# (tests/test_training.py) with Keras' per-batch callbacks once per call, which at batch 32 cost about as much as
+# the step (band-4: 8.6 s instead of 17.1 s per epoch; grid logit-normal under XLA: 4.9 s instead of 7.3 s for
+# 16,667 images). Rows archived before the flag existed ran one step per call.
+STEPS_PER_EXECUTION = ("--steps-per-execution", "64")
 PAIRED_KEYS = ("log_likelihood", "elbo")  # the per-example arrays of evaluation_per_example.npz
 PER_EXAMPLE = "evaluation_per_example.npz"  # written by `tfggm evaluate`, copied into the archive
 RESULT = "result.json"  # an archived row: {"evaluation": report, "training": summary[, "paired_vs_<baseline>"]}
