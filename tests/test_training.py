@@ -1,5 +1,6 @@
 """Runs end to end on tiny synthetic MNIST: resume after a kill, the CLI, export and serving in a fresh process."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -85,6 +86,22 @@ def test_a_run_directory_with_another_configuration_is_refused(tiny_mnist, tmp_p
   train(VAEConfig(posterior="diagonal", epochs=1, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0)
   with pytest.raises(ConfigError, match="different configuration.*posterior"):
     train(VAEConfig(posterior="chain", epochs=1, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0)
+
+
+def test_a_killed_run_resumes_with_another_steps_per_execution_but_not_another_model(tiny_mnist, tmp_path):
+  config = VAEConfig(posterior="chain", epochs=3, **SMALL)
+  kill = _KillAt(1)
+  with pytest.raises(RuntimeError, match="simulated kill"):
+    train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(kill,))
+  with pytest.raises(ConfigError, match="different configuration.*seed"):
+    train(dataclasses.replace(config, seed=1), tmp_path, data_dir=tiny_mnist, verbose=0)
+  faster = dataclasses.replace(config, steps_per_execution=4)
+  first = _FirstEpoch()
+  assert train(faster, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(first,))["epochs_run"] == 3
+  assert first.epoch == 1  # resumed, not restarted
+  for restored, saved in zip(first.weights, kill.weights):
+    np.testing.assert_array_equal(restored, saved)
+  assert VAEConfig.load(tmp_path / "config.json") == faster  # the record follows the resumed run
 
 
 def _tfggm(*args):

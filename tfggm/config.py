@@ -63,6 +63,10 @@ def likelihood_stencil(name: str) -> stencils.Stencil | None:
   return choices[name]()
 
 
+# Fields of `VAEConfig` that a resumed run may change (see `VAEConfig.same_run_as`).
+EXECUTION_SETTINGS = ("steps_per_execution",)
+
+
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
   """Everything that defines a training run; saved as `config.json` in the run directory.
@@ -91,7 +95,8 @@ class VAEConfig:
   max_examples: int | None = None    # truncate every split (quick runs, tests)
   jit_compile: bool = False          # XLA-compile the whole step (in-graph pixel checks are then skipped)
   steps_per_execution: int = 1       # training steps per call of the step function: the same updates, fewer
-                                     # per-batch callback calls (Keras runs batch hooks once per call)
+                                     # per-batch callback calls (Keras runs batch hooks once per call); an
+                                     # execution setting, so a run may resume with another value
 
   def __post_init__(self):
     checks = [
@@ -114,6 +119,14 @@ class VAEConfig:
     posterior_stencil(self.posterior, self.latent_dim)
     likelihood_stencil(self.likelihood)
     object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
+
+  def same_run_as(self, other: "VAEConfig") -> bool:
+    """Whether `other` trains the same model with the same updates, i.e. may resume this run.
+
+    Only the execution settings in `EXECUTION_SETTINGS` may differ: they change how
+    often Keras returns to Python, not what it computes.
+    """
+    return dataclasses.replace(other, **{k: getattr(self, k) for k in EXECUTION_SETTINGS}) == self
 
   @property
   def continuous(self) -> bool:

@@ -75,18 +75,21 @@ def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig, chief: bool) -> None:
-  """Writes config.json (the chief only, atomically), or checks that the one there is the same configuration."""
+  """Writes config.json (the chief only, atomically), or checks that the one there is the same run.
+
+  A resumed run may change only execution settings (`VAEConfig.same_run_as`);
+  config.json then records the new values.
+  """
   path = run_dir / "config.json"
   if chief:
     run_dir.mkdir(parents=True, exist_ok=True)
-  if path.exists():
-    stored = VAEConfig.load(path)
-    if stored != config:
-      differences = {k: (v, getattr(config, k)) for k, v in stored.__dict__.items() if getattr(config, k) != v}
-      raise ConfigError(
-          f"run directory {run_dir} holds a different configuration; differing (stored, given): "
-          f"{differences}. Use another run directory, or the stored settings to resume.")
-  elif chief:
+  stored = VAEConfig.load(path) if path.exists() else None
+  if stored is not None and not stored.same_run_as(config):
+    differences = {k: (v, getattr(config, k)) for k, v in stored.__dict__.items() if getattr(config, k) != v}
+    raise ConfigError(
+        f"run directory {run_dir} holds a different configuration; differing (stored, given): "
+        f"{differences}. Use another run directory, or the stored settings to resume.")
+  if chief and stored != config:
     temporary = path.with_suffix(".tmp")
     config.save(temporary)
     temporary.replace(path)
