@@ -102,6 +102,8 @@ def test_a_killed_run_resumes_with_another_steps_per_execution_but_not_another_m
   for restored, saved in zip(first.weights, kill.weights):
     np.testing.assert_array_equal(restored, saved)
   assert VAEConfig.load(tmp_path / "config.json") == faster  # the record follows the resumed run
+  assert train(config, tmp_path, data_dir=tiny_mnist, verbose=0)["epochs_run"] == 3  # completed: not trained
+  assert VAEConfig.load(tmp_path / "config.json") == faster  # ... so its record stays how it ran
 
 
 def _tfggm(*args):

@@ -74,14 +74,15 @@ def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.with_options(options)
 
 
-def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig, chief: bool) -> None:
-  """Writes config.json (the chief only, atomically), or checks that the one there is the same run.
+def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig, writer: bool) -> None:
+  """Checks that config.json, if there, is the same run; the `writer` then (re)writes it atomically.
 
   A resumed run may change only execution settings (`VAEConfig.same_run_as`);
-  config.json then records the new values.
+  config.json then records the new values. The writer is the chief of a run
+  that will train, so a completed run keeps the record of how it ran.
   """
   path = run_dir / "config.json"
-  if chief:
+  if writer:
     run_dir.mkdir(parents=True, exist_ok=True)
   stored = VAEConfig.load(path) if path.exists() else None
   if stored is not None and not stored.same_run_as(config):
@@ -89,7 +90,7 @@ def _claim_run_dir(run_dir: pathlib.Path, config: VAEConfig, chief: bool) -> Non
     raise ConfigError(
         f"run directory {run_dir} holds a different configuration; differing (stored, given): "
         f"{differences}. Use another run directory, or the stored settings to resume.")
-  if chief and stored != config:
+  if writer and stored != config:
     temporary = path.with_suffix(".tmp")
     config.save(temporary)
     temporary.replace(path)
@@ -134,11 +135,11 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   strategy = strategy or tf.distribute.get_strategy()
   run_dir = pathlib.Path(run_dir)
   run_data = RunData(config, data_dir)  # before claiming the directory: bad data leaves no trace
-  _claim_run_dir(run_dir, config, chief=is_chief(strategy))
-  summary_path = run_dir / "summary.json"
   backup_dir = run_dir / "backup"
-  if summary_path.exists() and not (backup_dir.exists() and any(backup_dir.iterdir())):
-    return run_summary(run_dir)  # completed: the summary of its records
+  completed = (run_dir / "summary.json").exists() and not (backup_dir.exists() and any(backup_dir.iterdir()))
+  _claim_run_dir(run_dir, config, writer=is_chief(strategy) and not completed)
+  if completed:
+    return run_summary(run_dir)  # the summary of its records
   with _output_dir(run_dir, strategy) as out_dir:
     model = _vae_in_scope(config, strategy)
     callbacks = [*_library_callbacks(config, run_data, run_dir, out_dir), *callbacks,
