@@ -11,10 +11,9 @@ not rerun on any machine unless named with --rows. `archive_rows` copies each
 finished row's results (report, training summary, per-image values) into a
 committed archive, `<results>/<name>/<row>/`: the run directories
 (checkpoints, logs) stay out of git and may be lost with the machine, the
-archive is not. `collect_results`
-gathers the archived rows and the paired differences to each row's baseline
-on the same test images; `write_results` writes them as `<name>.json` and
-`<name>.md`.
+archive is not. `collect_results` gathers the archived rows and the paired
+differences to each row's baseline on the same test images; `write_results`
+writes them as `<name>.json` and `<name>.md`.
 
 The driver itself only starts processes and reads their files; each row's
 training and evaluation run in their own process, so the rows share no
