@@ -37,9 +37,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import tfggm
-from tfggm.config import VAEConfig
-from tfggm.data import NUM_PIXELS
-from tfggm.vae import build_vae
+from tfggm._testing import random_factor_bands
+from tfggm.mnist.config import VAEConfig
+from tfggm.mnist.data import IMAGE_SHAPE, NUM_PIXELS
+from tfggm.mnist.networks import build_vae
 
 tfd = tfp.distributions
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -128,12 +129,10 @@ def _time(f) -> float:
 # --- implementations ----------------------------------------------------------------------------
 
 def random_factor(n: int, b: int, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """loc [batch, n] and a diagonally dominant banded L [batch, b + 1, n] (well conditioned at any n)."""
-  rng = np.random.default_rng(seed)
-  bands = (0.5 / max(b, 1)) * rng.uniform(-1, 1, size=(batch, b + 1, n)).astype(np.float32)
-  bands[:, 0] = rng.uniform(1.0, 2.0, size=(batch, n))
-  bands *= (np.arange(n)[None, :] >= np.arange(b + 1)[:, None])
-  return rng.normal(size=(batch, n)).astype(np.float32), bands
+  """loc [batch, n] and a banded L [batch, b + 1, n], float32: the tests' `random_factor_bands` with
+  off-diagonals of scale 0.3 / b, diagonally dominant (well conditioned at any n)."""
+  bands = random_factor_bands(n, b, (batch,), seed=seed, dtype=np.float32, off_diagonal_scale=0.3 / max(b, 1))
+  return np.random.default_rng(seed + 1).normal(size=(batch, n)).astype(np.float32), bands
 
 
 def _tf_banded_sample(loc, bands, eps):
@@ -150,7 +149,7 @@ def implementations(n: int, b: int, batch: int) -> dict:
           log_prob=lambda loc, bands, eps: ggm(loc, bands).log_prob(eps),
           kl=lambda loc, bands, eps: tfd.kl_divergence(ggm(loc, bands), prior),
           variance=lambda loc, bands, eps: ggm(loc, bands).variance(),
-          cholesky=lambda loc, bands, eps: tfggm.linalg.cholesky(tfggm.linalg.outer_product(bands))),
+          cholesky=lambda loc, bands, eps: tfggm.linalg.cholesky(tfggm.linalg.product_with_transpose(bands))),
       # Two more solves; their log_prob (a matvec, which TensorFlow lacks for bands) is ours.
       "tfggm_blocks": dict(  # the other solve algorithm, to show where each one wins
           sample=lambda loc, bands, eps: loc + tfggm.linalg.solve_vec(bands, eps, transpose=True, algorithm="blocks")),
@@ -216,7 +215,8 @@ VAE_ROWS = {  # name -> (posterior, likelihood); ratios are taken to the first r
 
 def _warm_vae(posterior: str, likelihood: str, jit: bool, batch: int, steps: int):
   """A compiled VAE (paper architecture) and its synthetic dataset, after two epochs of warm-up."""
-  model = build_vae(VAEConfig(posterior=posterior, likelihood=likelihood, batch_size=batch, jit_compile=jit))
+  config = VAEConfig(posterior=posterior, likelihood=likelihood, batch_size=batch, jit_compile=jit)
+  model = build_vae(config, IMAGE_SHAPE)
   images = np.random.default_rng(0).uniform(0.02, 0.98, size=(batch * steps, NUM_PIXELS)).astype(np.float32)
   if likelihood == "bernoulli":
     images = (images > 0.5).astype(np.float32)
@@ -330,7 +330,8 @@ def run(args, partial: pathlib.Path) -> list[dict]:
       for operation in args.operations:
         if operation not in ops:
           continue
-        call = tf.function(lambda f=ops[operation]: f(loc, bands, eps), jit_compile=args.jit)
+        call = tf.function(lambda f=ops[operation], loc=loc, bands=bands, eps=eps: f(loc, bands, eps),
+                           jit_compile=args.jit)
         try:
           seconds, peak = measured(call)
         except (tf.errors.ResourceExhaustedError, tf.errors.InvalidArgumentError, MemoryError) as error:
@@ -500,7 +501,8 @@ def main() -> None:
       stored = json.loads(ARGS.out.with_suffix(".json").read_text())
       stored["memory_target"] = memory_target()
       ARGS.out.with_suffix(".json").write_text(json.dumps(stored, indent=1) + "\n")
-    if ARGS.from_json or ARGS.memory_target:  # the finished run's JSON, or else the shapes an unfinished run has measured so far
+    # The finished run's JSON, or else the shapes an unfinished run has measured so far:
+    if ARGS.from_json or ARGS.memory_target:
       finished = ARGS.out.with_suffix(".json")
       stored = json.loads((finished if finished.exists() else ARGS.out.with_suffix(".partial.json")).read_text())
       records, memory = stored["records"], stored.get("memory_target")

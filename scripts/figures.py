@@ -20,13 +20,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tfggm.mnist.rundir import RunDirectory
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ROWS = ("diagonal", "chain", "extended_grid")
 
 
 def load_tracked(run_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(epochs, means [E, n], diagonals of L [E, n]) of a run's tracked posterior."""
-  record = json.loads((run_dir / "tracked_posterior.json").read_text())
+  record = json.loads(RunDirectory(run_dir).tracked_posterior.read_text())
   epochs = np.array(sorted(int(e) for e in record))
   means = np.array([record[str(e)]["loc"] for e in epochs])
   diagonals = np.array([record[str(e)]["bands"][0] for e in epochs])
@@ -58,7 +60,7 @@ def main() -> None:
   args = parser.parse_args()
   args.out.mkdir(parents=True, exist_ok=True)
   tracked = {row: load_tracked(args.runs / row) for row in args.rows
-             if (args.runs / row / "tracked_posterior.json").exists()}
+             if RunDirectory(args.runs / row).tracked_posterior.exists()}
   if not tracked:
     raise SystemExit(f"no tracked posteriors under {args.runs}; run scripts/reproduce_table1.py first.")
   structured = {row: (e, d) for row, (e, _, d) in tracked.items() if row != "diagonal"}

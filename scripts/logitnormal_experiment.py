@@ -14,7 +14,7 @@ squashing Jacobian included, in nats and bits/dim), draws 64 images with
 docs/figures/logitnormal_samples.png, docs/results/logitnormal.json and
 docs/results/logitnormal.md, with paired differences to the diagonal-likelihood
 row of the same posterior on the same test images. The driver is
-`tfggm.experiments`, shared with scripts/reproduce_table1.py.
+`scripts/experiments.py`, shared with scripts/reproduce_table1.py.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from tfggm import experiments
-from tfggm.data import nats_to_bits_per_dim
-from tfggm.experiments import Experiment, Row
+import experiments
+from tfggm.mnist.data import nats_to_bits_per_dim
+from experiments import Experiment, Row
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -40,7 +40,7 @@ POSTERIORS = ("diagonal", "extended_grid")
 CELLS = tuple((likelihood, posterior) for posterior in POSTERIORS for likelihood in LIKELIHOODS)
 # Every row trains with the whole step XLA-compiled: 2.2x faster per epoch on this machine for the grid likelihood
 # (1 thread; 3.5 vs 1.6 s for an epoch of 6,400 images), the same loss and gradients for the same z
-# (tests/test_vae.py). XLA skips the step's in-graph pixel checks; the pipeline's dequantized uint8 pixels lie in
+# (tests/test_mnist_networks.py). XLA skips the step's in-graph pixel checks; the pipeline's dequantized uint8 pixels lie in
 # [0, 1] by construction.
 PROTOCOL_FLAGS = ("--jit-compile", *experiments.STEPS_PER_EXECUTION)
 
@@ -65,9 +65,9 @@ def draw_samples(experiment: Experiment, rows: Sequence[Row], figures: pathlib.P
   (figures / "logitnormal").mkdir(parents=True, exist_ok=True)
   for row in rows:
     png = figures / "logitnormal" / f"{row.name}.png"
-    weights = experiment.run_dir(row) / "best.weights.h5"
+    weights = experiment.run_dir(row).best_weights
     if experiment.is_finished(row) and (not png.exists() or png.stat().st_mtime < weights.stat().st_mtime):
-      experiment.tfggm(row, "sample", str(experiment.run_dir(row)), "--num", "64", "--draw", "sample",
+      experiment.tfggm(row, "sample", str(experiment.run_dir(row).path), "--num", "64", "--draw", "sample",
                        "--out", str(png))
 
 

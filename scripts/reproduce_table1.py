@@ -9,7 +9,7 @@ test set (test ELBO, IS log p(x) with K samples, active units), exports the
 diagonal, chain and extended-grid models to saved_models/mnist-<row>/<version>/,
 and writes docs/results/table1.json and docs/results/table1.md, with paired
 differences to the diagonal row on the same test images. The driver is
-`tfggm.experiments`, shared with scripts/logitnormal_experiment.py.
+`scripts/experiments.py`, shared with scripts/logitnormal_experiment.py.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from tfggm import experiments
-from tfggm.experiments import Experiment, Row
+import experiments
+from experiments import Experiment, Row
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -35,7 +35,7 @@ def export_rows(experiment: Experiment) -> None:
   for row in ROWS:
     base = ROOT / "saved_models" / f"mnist-{row.name}"
     if row.name in EXPORTED and not base.exists() and experiment.is_finished(row):
-      experiment.tfggm(row, "export", str(experiment.run_dir(row)), "--to", str(base))
+      experiment.tfggm(row, "export", str(experiment.run_dir(row).path), "--to", str(base))
 
 
 def table(results: dict, num_samples: int) -> str:

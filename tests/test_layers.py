@@ -81,7 +81,7 @@ def test_factor_layers_keep_only_the_stencils_active_lags():
   precision = _model(stencil, GaussianGraphicalModelLayer(stencil, "precision"))(params)
   assert factor.lags == (0, 1, 5) and factor.precision_factor_bands.shape == (2, 3, 20)
   assert precision.lags == tuple(range(6)) and precision.precision_factor_bands.shape == (2, 6, 20)
-  bands = factor.compact_bands()
+  bands = factor.factor_bands_at_every_lag()
   np.testing.assert_array_equal(np.asarray(bands) * ~stencil.mask, 0.0)
   x = np.random.default_rng(2).normal(size=(2, 20)).astype(np.float32)
   full = GaussianGraphicalModel(factor.mean(), bands)

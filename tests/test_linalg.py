@@ -1,141 +1,335 @@
-"""Banded kernels against dense float64 numpy: values, block edges, broadcasting, gradients, XLA."""
+"""Banded kernels: one registry of kernels (with dense float64 references) run over the registry of cases.
+
+Every kernel of `tfggm.linalg.__all__` (both solve algorithms, both orientations) is checked on every case of
+`conftest.CASES` for values against numpy, per kernel for gradients (first and second order) against finite
+differences, for compiled == plain graph, and for tf.Variable inputs. A failure names its kernel and case.
+"""
+
+import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import assert_gradients_match, band_of, dense_lower, tolerance
+from conftest import (
+  CASES,
+  DTYPES,
+  Case,
+  assert_gradients_match,
+  assert_second_derivatives_match,
+  at_every_lag,
+  band_of,
+  dense_lower,
+  tolerance,
+)
 from tfggm import linalg
-
-# (n, b, block_size): n a multiple of B or not, n < B, b = n - 1, n = 1, b = 0.
-SHAPES = [(1, 0, None), (6, 0, None), (9, 1, None), (10, 3, None), (10, 3, 3), (10, 3, 4),
-          (7, 6, None), (40, 5, 8), (33, 2, 5), (100, 3, None)]  # n = 100: the default 6 blocks of 17, 2 rows padded
-BATCHES = [(), (2, 3)]
+from tfggm._testing import random_factor_bands
+from tfggm.linalg import _bands, _blocks, _row_substitution, _selected_inversion, _solve
 
 
-def random_factor(n, b, batch=(), seed=0, dtype=np.float64):
-  rng = np.random.default_rng(seed)
-  bands = 0.3 * rng.normal(size=tuple(batch) + (b + 1, n))
-  bands[..., 0, :] = rng.uniform(0.8, 1.6, size=tuple(batch) + (n,))
-  inside = np.arange(n)[None, :] >= np.arange(b + 1)[:, None]
-  return (bands * inside).astype(dtype)
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """A kernel under test: the public function, its inputs on a case, the computation, a dense float64 reference.
+
+  `inputs(case, dtype)` -> numpy arrays (every one differentiable); `compute(case, *tensors)` -> tf.Tensor;
+  `reference(case, *float64 arrays)` -> numpy array.
+  """
+  public: str
+  inputs: Callable
+  compute: Callable
+  reference: Callable
 
 
-@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("n,b,block", SHAPES)
-@pytest.mark.parametrize("num_columns", [1, 3])
-def test_solve_matches_numpy(n, b, block, batch, dtype, algorithm, num_columns):
-  bands = random_factor(n, b, batch, dtype=dtype)
-  dense = dense_lower(bands.astype(np.float64))
-  rhs = np.random.default_rng(1).normal(size=tuple(batch) + (n, num_columns)).astype(dtype)
-  for transpose in (False, True):
-    matrix = np.swapaxes(dense, -1, -2) if transpose else dense
-    got = linalg.solve(bands, rhs, transpose=transpose, block_size=block, algorithm=algorithm)
-    assert got.dtype == dtype
-    np.testing.assert_allclose(got, np.linalg.solve(matrix, rhs), **tolerance(dtype))
+def _normal(shape, dtype, seed=1) -> np.ndarray:
+  return np.random.default_rng(seed).normal(size=shape).astype(dtype)
 
 
-@pytest.mark.parametrize("n,b,block", SHAPES)
-def test_matvecs_and_dense_round_trip(n, b, block):
-  bands = random_factor(n, b, (2,))
-  dense = dense_lower(bands)
-  x = np.random.default_rng(2).normal(size=(2, n))
-  np.testing.assert_allclose(linalg.matvec(bands, x), np.einsum("...ij,...j->...i", dense, x),
-                             rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(linalg.matvec_transpose(bands, x),
-                             np.einsum("...ji,...j->...i", dense, x), rtol=1e-12, atol=1e-12)
-  np.testing.assert_array_equal(linalg.dense_from_bands(bands), dense)
-  np.testing.assert_array_equal(linalg.bands_from_dense(dense, b), bands)
+def _dense(case: Case, bands: np.ndarray, transpose: bool = False) -> np.ndarray:
+  """Dense L (or L^T) of bands at the case's lags."""
+  factor = dense_lower(at_every_lag(bands, case.lags))
+  return np.swapaxes(factor, -1, -2) if transpose else factor
 
 
-def test_solve_vec_broadcasts_sample_dims_without_tiling():
-  bands = random_factor(10, 3, (3,))
-  x = np.random.default_rng(3).normal(size=(4, 2, 3, 10))  # [S1, S2, batch, n]
-  dense_t = np.swapaxes(dense_lower(bands), -1, -2)
-  got = linalg.solve_vec(bands, x, transpose=True)
-  want = np.linalg.solve(dense_t, x[..., None])[..., 0]
-  np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
-  # Batch dims of size 1 on either side broadcast too.
-  got = linalg.solve(bands[None], np.ones((2, 1, 10, 1)))
-  assert got.shape == (2, 3, 10, 1)
+def _solve_kernel(algorithm: str, transpose: bool) -> Kernel:
+  return Kernel(
+      "solve",
+      inputs=lambda case, dtype: (case.factor_bands(dtype=dtype), _normal(case.other_batch_shape + (case.n, 2), dtype)),
+      compute=lambda case, bands, rhs: linalg.solve(bands, rhs, transpose=transpose, block_size=case.block_size,
+                                                    algorithm=algorithm, lags=case.lags),
+      reference=lambda case, bands, rhs: np.linalg.solve(_dense(case, bands, transpose), rhs))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("n,b,block", SHAPES)
-def test_cholesky_and_outer_product_match_numpy(n, b, block, batch, dtype):
-  bands = random_factor(n, b, batch, dtype=dtype)
-  dense = dense_lower(bands.astype(np.float64))
-  precision = dense @ np.swapaxes(dense, -1, -2)
-  precision_bands = band_of(precision, b)
-  np.testing.assert_allclose(linalg.outer_product(bands, block_size=block), precision_bands,
-                             **tolerance(dtype))
-  factor = linalg.cholesky(precision_bands.astype(dtype), block_size=block)
-  np.testing.assert_allclose(factor, band_of(np.linalg.cholesky(precision), b), **tolerance(dtype))
+def _solve_vec_kernel(transpose: bool, num_samples: int | None) -> Kernel:
+  """solve_vec with x [..., n] (one column: the single-column path of "rows") or [S, ..., n] (S columns)."""
+  samples = () if num_samples is None else (num_samples,)
+  return Kernel(
+      "solve_vec",
+      inputs=lambda case, dtype: (case.factor_bands(dtype=dtype), _normal(samples + case.other_batch_shape + (case.n,),
+                                                                          dtype)),
+      compute=lambda case, bands, x: linalg.solve_vec(bands, x, transpose=transpose, lags=case.lags),
+      reference=lambda case, bands, x: np.linalg.solve(_dense(case, bands, transpose), x[..., None])[..., 0])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("n,b,block", SHAPES)
-@pytest.mark.parametrize("extra_width", [0, 2])
-def test_selected_inversion_matches_numpy(n, b, block, batch, dtype, extra_width):
-  bands = random_factor(n, b, batch, dtype=dtype)
-  dense = dense_lower(bands.astype(np.float64))
-  covariance = np.linalg.inv(dense @ np.swapaxes(dense, -1, -2))
-  width = b + extra_width
-  if block is not None and block < width:
-    block = width
-  got = linalg.selected_inversion(bands, bandwidth=width, block_size=block)
-  np.testing.assert_allclose(got, band_of(covariance, width), **tolerance(dtype))
-  variances = linalg.marginal_variances(bands, block_size=None if block is None else max(block, b))
-  np.testing.assert_allclose(variances, np.diagonal(covariance, axis1=-2, axis2=-1), **tolerance(dtype))
+def _matvec_kernel(transpose: bool) -> Kernel:
+  function = linalg.matvec_transpose if transpose else linalg.matvec
+  return Kernel(
+      function.__name__,
+      inputs=lambda case, dtype: (case.factor_bands(dtype=dtype), _normal(case.other_batch_shape + (case.n,), dtype)),
+      compute=lambda case, bands, x: function(bands, x, lags=case.lags),
+      reference=lambda case, bands, x: (_dense(case, bands, transpose) @ x[..., None])[..., 0])
 
 
-@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
-@pytest.mark.parametrize("n,b,block", [(7, 2, 3), (9, 1, None), (5, 4, None), (20, 3, 4), (1, 0, None)])
-def test_gradients_match_finite_differences(n, b, block, algorithm):
-  bands = random_factor(n, b, (2,))
-  inside = (np.arange(n)[None, :] >= np.arange(b + 1)[:, None]).astype(float)
-  rhs = np.random.default_rng(4).normal(size=(2, n, 2))
-  precision = linalg.outer_product(bands).numpy()
-  assert_gradients_match(
-      lambda l, p, x: (linalg.solve(l * inside, x, block_size=block, algorithm=algorithm),
-                       linalg.solve(l * inside, x, transpose=True, block_size=block, algorithm=algorithm),
-                       linalg.selected_inversion(l * inside, block_size=block),
-                       linalg.marginal_variances(l * inside, block_size=block),
-                       linalg.cholesky(p * inside, block_size=block),
-                       linalg.outer_product(l * inside, block_size=block),
-                       linalg.matvec(l, x[..., 0]), linalg.matvec_transpose(l, x[..., 0])),
-      [bands, precision, rhs])
+def _precision_bands(case: Case, dtype) -> np.ndarray:
+  """Lower bands of P = L L^T (the full band 0..b), in float64 arithmetic."""
+  factor = dense_lower(case.factor_bands(every_lag=True))
+  return band_of(factor @ np.swapaxes(factor, -1, -2), case.bandwidth).astype(dtype)
 
 
-def test_kernels_compile_with_xla_and_agree():
-  bands = random_factor(30, 4, (2,), dtype=np.float32)
-  rhs = np.random.default_rng(5).normal(size=(2, 30, 3)).astype(np.float32)
-  precision = linalg.outer_product(bands)
-  kernels = {
-      **{f"solve_{algorithm}": lambda a=algorithm: linalg.solve(bands, rhs, algorithm=a)
-         for algorithm in linalg.SOLVE_ALGORITHMS},
-      **{f"solve_transpose_{algorithm}": lambda a=algorithm: linalg.solve(bands, rhs, transpose=True, algorithm=a)
-         for algorithm in linalg.SOLVE_ALGORITHMS},
-      "matvec": lambda: linalg.matvec(bands, rhs[..., 0]),
-      "matvec_transpose": lambda: linalg.matvec_transpose(bands, rhs[..., 0]),
-      "cholesky": lambda: linalg.cholesky(precision),
-      "outer_product": lambda: linalg.outer_product(bands),
-      "selected_inversion": lambda: linalg.selected_inversion(bands),
-      # Several blocks: the compiled loops of the block recursions (n = 30 is one block by default).
-      "solve_blocks_of_8": lambda: linalg.solve(bands, rhs, algorithm="blocks", block_size=8),
-      "cholesky_blocks_of_8": lambda: linalg.cholesky(precision, block_size=8),
-      "selected_inversion_blocks_of_8": lambda: linalg.selected_inversion(bands, block_size=8),
-      "marginal_variances_blocks_of_8": lambda: linalg.marginal_variances(bands, block_size=8),
-  }
-  for name, kernel in kernels.items():
-    compiled = tf.function(kernel, jit_compile=True)
-    with linalg.plain_graph_kernels():
-      plain = tf.function(kernel)()
-    np.testing.assert_allclose(compiled(), plain, rtol=1e-5, atol=1e-5, err_msg=name)
+def _symmetric(precision_bands: np.ndarray) -> np.ndarray:
+  lower = dense_lower(precision_bands)
+  return lower + np.swapaxes(lower, -1, -2) - np.eye(lower.shape[-1]) * lower
+
+
+def _covariance(factor_bands: np.ndarray) -> np.ndarray:
+  factor = dense_lower(factor_bands)
+  return np.linalg.inv(factor @ np.swapaxes(factor, -1, -2))
+
+
+def _wider_block(case: Case, width: int) -> int | None:
+  return None if case.block_size is None else max(case.block_size, width)
+
+
+def _full_factor(case, dtype):
+  return (case.factor_bands(dtype=dtype, every_lag=True),)
+
+
+KERNELS = {
+    "solve_rows": _solve_kernel("rows", transpose=False),
+    "solve_rows_transpose": _solve_kernel("rows", transpose=True),
+    "solve_blocks": _solve_kernel("blocks", transpose=False),
+    "solve_blocks_transpose": _solve_kernel("blocks", transpose=True),
+    "solve_vec": _solve_vec_kernel(transpose=False, num_samples=None),
+    "solve_vec_transpose": _solve_vec_kernel(transpose=True, num_samples=None),
+    "solve_vec_transpose_samples": _solve_vec_kernel(transpose=True, num_samples=3),
+    "matvec": _matvec_kernel(transpose=False),
+    "matvec_transpose": _matvec_kernel(transpose=True),
+    "cholesky": Kernel(
+        "cholesky",
+        inputs=lambda case, dtype: (_precision_bands(case, dtype),),
+        compute=lambda case, p: linalg.cholesky(p, block_size=case.block_size),
+        reference=lambda case, p: band_of(np.linalg.cholesky(_symmetric(p)), case.bandwidth)),
+    "product_with_transpose": Kernel(
+        "product_with_transpose",
+        inputs=_full_factor,
+        compute=lambda case, bands: linalg.product_with_transpose(bands, block_size=case.block_size),
+        reference=lambda case, bands: band_of(dense_lower(bands) @ np.swapaxes(dense_lower(bands), -1, -2),
+                                              case.bandwidth)),
+    "selected_inversion": Kernel(
+        "selected_inversion",
+        inputs=_full_factor,
+        compute=lambda case, bands: linalg.selected_inversion(bands, block_size=case.block_size),
+        reference=lambda case, bands: band_of(_covariance(bands), case.bandwidth)),
+    "selected_inversion_wider": Kernel(  # the band b + 2 of Sigma, as tr(P_2 Sigma_1) needs for a wider P_2
+        "selected_inversion",
+        inputs=_full_factor,
+        compute=lambda case, bands: linalg.selected_inversion(bands, bandwidth=case.bandwidth + 2,
+                                                              block_size=_wider_block(case, case.bandwidth + 2)),
+        reference=lambda case, bands: band_of(_covariance(bands), case.bandwidth + 2)),
+    "marginal_variances": Kernel(
+        "marginal_variances",
+        inputs=_full_factor,
+        compute=lambda case, bands: linalg.marginal_variances(bands, block_size=case.block_size),
+        reference=lambda case, bands: np.diagonal(_covariance(bands), axis1=-2, axis2=-1)),
+    "dense_from_bands": Kernel(
+        "dense_from_bands",
+        inputs=_full_factor,
+        compute=lambda case, bands: linalg.dense_from_bands(bands),
+        reference=lambda case, bands: dense_lower(bands)),
+    "bands_from_dense": Kernel(  # a full random matrix: the upper triangle and entries beyond the band are dropped
+        "bands_from_dense",
+        inputs=lambda case, dtype: (_normal(case.batch_shape + (case.n, case.n), dtype),),
+        compute=lambda case, matrix: linalg.bands_from_dense(matrix, case.bandwidth),
+        reference=lambda case, matrix: band_of(matrix, case.bandwidth)),
+    "bands_at_every_lag": Kernel(
+        "bands_at_every_lag",
+        inputs=lambda case, dtype: (case.factor_bands(dtype=dtype),),
+        compute=lambda case, bands: linalg.bands_at_every_lag(bands, case.lags),
+        reference=lambda case, bands: at_every_lag(bands, case.lags)),
+}
+
+# Cases for the slower checks. Derivatives: blocks of B = b at every lag, padded blocks at a grid's sparse lags
+# with a 2-D batch, broadcast batch dims (the gradients' reductions), n = 1, lags beyond n. Compilation (an XLA
+# compile of each kernel and its gradient, 1-3 s): the grid alone, sparse lags and padded blocks.
+GRADIENT_CASES = ["band3", "grid", "broadcast", "n1", "lags_past_n"]
+SECOND_ORDER_CASES = ["band3", "grid"]
+COMPILED_CASES = ["grid"]
+
+
+def _run(name: str, case_name: str, dtype=np.float64):
+  kernel, case = KERNELS[name], CASES[case_name]
+  return kernel, case, kernel.inputs(case, dtype)
+
+
+def test_every_public_kernel_is_in_the_registry():
+  assert {kernel.public for kernel in KERNELS.values()} | {"plain_graph_kernels"} == set(linalg.__all__)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case_name", CASES)
+@pytest.mark.parametrize("name", KERNELS)
+def test_values_match_the_dense_reference(name, case_name, dtype):
+  kernel, case, inputs = _run(name, case_name, dtype)
+  got = kernel.compute(case, *inputs)
+  want = kernel.reference(case, *[x.astype(np.float64) for x in inputs])
+  assert got.dtype == dtype and got.shape == want.shape
+  np.testing.assert_allclose(got, want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("case_name", GRADIENT_CASES)
+@pytest.mark.parametrize("name", KERNELS)
+def test_gradients_match_finite_differences(name, case_name):
+  kernel, case, inputs = _run(name, case_name)
+  assert_gradients_match(lambda *xs: kernel.compute(case, *xs), inputs, graph=False)
+
+
+@pytest.mark.parametrize("case_name", SECOND_ORDER_CASES)
+@pytest.mark.parametrize("name", KERNELS)
+def test_second_derivatives_match_finite_differences(name, case_name):
+  kernel, case, inputs = _run(name, case_name)
+  assert_second_derivatives_match(lambda *xs: kernel.compute(case, *xs), inputs)
+
+
+def _value_and_gradients(kernel: Kernel, case: Case, weights: np.ndarray):
+  def run(*xs):
+    with tf.GradientTape() as tape:
+      tape.watch(xs)
+      y = kernel.compute(case, *xs)
+      total = tf.reduce_sum(weights * y)
+    return y, tape.gradient(total, xs)
+  return run
+
+
+@pytest.mark.parametrize("case_name", COMPILED_CASES)
+@pytest.mark.parametrize("name", KERNELS)
+def test_compiled_equals_plain_graph_and_plain_has_no_xla_cluster(name, case_name):
+  kernel, case, inputs = _run(name, case_name, np.float32)
+  inputs = [tf.constant(x) for x in inputs]
+  weights = _normal(kernel.compute(case, *inputs).shape, np.float32, seed=2)
+  run = _value_and_gradients(kernel, case, weights)
+  compiled = tf.function(run, jit_compile=True)(*inputs)
+  with linalg.plain_graph_kernels():
+    plain_function = tf.function(run)
+    plain = plain_function(*inputs)
+    assert not _has_xla_cluster(plain_function.get_concrete_function(*inputs).graph)
+  for got, want in zip(tf.nest.flatten(compiled), tf.nest.flatten(plain)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_variables_give_the_gradients_of_tensors(name):
+  """A tf.Variable passed straight to a kernel, in eager mode and in a tf.function, as a tensor would be."""
+  kernel, case, inputs = _run(name, "band3")
+  weights = _normal(kernel.compute(case, *inputs).shape, np.float64, seed=2)
+  want_value, want_gradients = _value_and_gradients(kernel, case, weights)(*[tf.constant(x) for x in inputs])
+  variables = [tf.Variable(x) for x in inputs]
+
+  def run():
+    with tf.GradientTape() as tape:
+      y = kernel.compute(case, *variables)
+      total = tf.reduce_sum(weights * y)
+    return y, tape.gradient(total, variables)
+
+  for value, gradients in (run(), tf.function(run)()):
+    np.testing.assert_allclose(value, want_value, rtol=1e-12, atol=1e-12)
+    for got, want in zip(gradients, want_gradients):
+      np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["solve_rows_transpose", "selected_inversion"])
+def test_second_derivatives_in_compiled_functions_equal_eager_ones(name):
+  """Hessian-vector products (a tape over a tape) inside tf.function and jit_compile give the eager values."""
+  kernel, case, inputs = _run(name, "grid")
+  inputs = [tf.constant(x) for x in inputs]
+  weights = _normal(kernel.compute(case, *inputs).shape, np.float64, seed=2)
+  vectors = [tf.constant(_normal(x.shape, np.float64, seed=3)) for x in inputs]
+
+  def hessian_vector_products(*xs):
+    with tf.GradientTape() as outer:
+      outer.watch(xs)
+      with tf.GradientTape() as inner:
+        inner.watch(xs)
+        total = tf.reduce_sum(weights * kernel.compute(case, *xs))
+      gradients = inner.gradient(total, xs)
+      directional = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(gradients, vectors)])
+    return outer.gradient(directional, xs)
+
+  eager = hessian_vector_products(*inputs)
+  for compiled in (tf.function(hessian_vector_products), tf.function(hessian_vector_products, jit_compile=True)):
+    for got, want in zip(compiled(*inputs), eager):
+      np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+# --- the compiled kernels behind the public ones ----------------------------------------------------------------
+
+LOOP_KERNELS = {
+    "row_substitution": (lambda bands, rhs: _row_substitution.row_substitution(bands, rhs, False, (0, 1, 2, 3)),
+                         lambda: (random_factor_bands(10, 3, (2,)), _normal((2, 10, 1), np.float64))),
+    "congruence_loop": (lambda f, q: _selected_inversion._congruence_loop(f, q, True),
+                        lambda: (_normal((3, 2, 2), np.float64), _normal((3, 2, 2), np.float64))),
+}
+
+
+@pytest.mark.parametrize("as_variable", [False, True], ids=["tensor", "variable"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("name", LOOP_KERNELS)
+def test_compiled_loops_refuse_to_be_differentiated_with_a_clear_error(name, graph, as_variable):
+  """An XLA loop cannot be differentiated by TensorFlow: asking for it raises, naming the kernel (not None,
+  not "TensorList crossing the XLA/TF boundary"); its value is unchanged."""
+  function, make_inputs = LOOP_KERNELS[name]
+  inputs = [tf.Variable(x) if as_variable else tf.constant(x) for x in make_inputs()]
+
+  def gradients():
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      total = tf.reduce_sum(function(*inputs))
+    return tape.gradient(total, inputs)
+
+  with pytest.raises(NotImplementedError, match=f"{name}.*XLA-compiled loop"):
+    (tf.function(gradients) if graph else gradients)()
+  np.testing.assert_allclose(function(*inputs), function(*[tf.constant(x) for x in make_inputs()]))
+
+
+LOOP_FREE_KERNELS = {
+    "band_of_outer": lambda rows, columns: _bands.band_of_outer(rows, columns, (0, 1, 3)),
+    "lower_matvec": lambda bands, x: _bands._lower_matvec(bands, x[..., 0], (0, 1, 3)),
+    "upper_matvec": lambda bands, x: _bands._upper_matvec(bands, x[..., 0], (0, 1, 3)),
+}
+
+
+@pytest.mark.parametrize("name", LOOP_FREE_KERNELS)
+def test_loop_free_compiled_kernels_are_differentiable_directly(name):
+  rng = np.random.default_rng(4)
+  first, second = (rng.normal(size=(2, 3, 10)), rng.normal(size=(2, 10, 1))) if name != "band_of_outer" else (
+      rng.normal(size=(2, 10, 2)), rng.normal(size=(2, 10, 2)))
+  assert_gradients_match(LOOP_FREE_KERNELS[name], [first, second], graph=False)
+  assert_second_derivatives_match(LOOP_FREE_KERNELS[name], [first, second])
+
+
+# --- layouts, algorithm choice, compilation ---------------------------------------------------------------------
+
+def test_random_factor_bands_are_zero_outside_the_structure_and_agree_across_layouts():
+  """The one generator: diagonal in [0.8, 1.6], zero outside the matrix and the stencil, the same L at sparse lags
+  and at every lag, and in float32 and float64."""
+  bands = random_factor_bands(9, 3, (2,), seed=5)
+  assert np.all((bands[..., 0, :] >= 0.8) & (bands[..., 0, :] <= 1.6))
+  np.testing.assert_array_equal(band_of(dense_lower(bands), 3), bands)  # nothing outside the matrix
+  np.testing.assert_array_equal(random_factor_bands(9, 3, (2,), seed=5, lags=(0, 2, 3)), bands[..., [0, 2, 3], :])
+  np.testing.assert_array_equal(random_factor_bands(9, 3, (2,), seed=5, dtype=np.float32), bands.astype(np.float32))
+  case = CASES["random_custom"]
+  on_stencil = case.factor_bands(every_lag=True)
+  np.testing.assert_array_equal(on_stencil[..., ~case.stencil.mask], 0.0)
+  assert np.all(on_stencil[..., case.stencil.mask] != 0.0)
 
 
 def test_bands_need_static_shape():
@@ -143,151 +337,68 @@ def test_bands_need_static_shape():
     linalg.matvec(tf.zeros([3]), tf.zeros([3]))
 
 
-@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
-def test_solve_gradient_reduces_broadcast_batch_dims(algorithm):
-  bands = random_factor(11, 3, (3,))
-  inside = (np.arange(11)[None, :] >= np.arange(4)[:, None]).astype(float)
-  rhs = np.random.default_rng(6).normal(size=(2, 1, 11, 2))
-  for transpose in (False, True):
-    assert_gradients_match(
-        lambda l, x: linalg.solve(l * inside, x, transpose=transpose, block_size=4, algorithm=algorithm),
-        [bands, rhs])
-    assert_gradients_match(lambda l, x: linalg.solve_vec(l * inside, x, transpose=transpose),
-                           [bands, rhs[..., 0]])
-
-
-def test_solve_picks_rows_for_few_columns_and_rejects_unknown_algorithms():
-  assert linalg.solve_algorithm_for(1) == "rows"
-  assert linalg.solve_algorithm_for(linalg.ROWS_MAX_COLUMNS + 1) == "blocks"
-  assert linalg.solve_algorithm_for(None) == "blocks"
-  with pytest.raises(ValueError, match="algorithm"):
-    linalg.solve(random_factor(4, 1), np.ones((4, 1)), algorithm="dense")
-
-
-def test_plain_graph_kernels_trace_no_xla_cluster():
-  bands = random_factor(12, 2, (2,), dtype=np.float32)
-  rhs = np.ones((2, 12, 1), np.float32)
-  with linalg.plain_graph_kernels():
-    assert not _has_xla_cluster(lambda: linalg.solve(bands, rhs))
-  assert _has_xla_cluster(lambda: linalg.solve(bands, rhs))
-
-
-def _has_xla_cluster(function) -> bool:
-  graph = tf.function(function).get_concrete_function().graph
-  return any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
-
-
-def _banded_matvecs(bands, x):
-  """numpy references of L x and L^T x from the bands: (L x)_i = sum_k L[i, i-k] x_{i-k}, (L^T x)_j = sum_k L[j+k, j] x_{j+k}."""
-  n = x.shape[-1]
-  lower, upper = np.zeros_like(x), np.zeros_like(x)
-  for k in range(bands.shape[-2]):
-    lower[..., k:] += bands[..., k, k:] * x[..., : n - k]
-    upper[..., : n - k] += bands[..., k, k:] * x[..., k:]
-  return lower, upper
-
-
-@pytest.mark.parametrize("n,batch", [(12, 2), (700, 100)])
-def test_matvecs_run_plain_below_the_size_threshold_and_compiled_above_it(n, batch):
-  from tfggm.linalg.bands import PLAIN_BELOW_ELEMENTS
-  b = 3
-  bands = random_factor(n, b, (batch,), dtype=np.float32)
-  x = np.random.default_rng(3).normal(size=(batch, n)).astype(np.float32)
-  large = bands.size + x.size >= PLAIN_BELOW_ELEMENTS
-  for matvec, reference in zip((linalg.matvec, linalg.matvec_transpose), _banded_matvecs(bands.astype(np.float64), x)):
-    assert _has_xla_cluster(lambda: matvec(bands, x)) == large
-    with tf.GradientTape() as tape:
-      bands_t = tf.constant(bands)
-      tape.watch(bands_t)
-      y = matvec(bands_t, x)
-      total = tf.reduce_sum(y)
-    np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4)
-    # d sum(y) / d L[i, i-k]: x_{i-k} for L x, x_i for L^T x (zero outside the matrix).
-    lag, i = np.arange(b + 1)[:, None], np.arange(n)[None, :]
-    shifted = np.where(i >= lag, np.take(x, np.clip(i - lag, 0, None), axis=-1), 0.0)
-    expected = shifted if matvec is linalg.matvec else np.where(i >= lag, x[:, None, :], 0.0)
-    np.testing.assert_allclose(tape.gradient(total, bands_t), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_default_blocks_are_balanced_and_cover_bands_wider_than_n():
-  from tfggm.linalg.blocks import block_size_for
-  assert [block_size_for(n, b) for n, b in [(784, 256), (784, 28), (100, 3), (64, 28), (70, 90)]] == [262, 28, 17, 64, 90]
-  bands = random_factor(70, 2, (2,))
-  wide = np.concatenate([bands, np.zeros((2, 88, 70))], axis=-2)  # lags up to 90 > n, all zero
-  dense = dense_lower(bands)
-  covariance = np.linalg.inv(dense @ np.swapaxes(dense, -1, -2))
-  np.testing.assert_allclose(linalg.selected_inversion(wide), band_of(covariance, 90), rtol=1e-9, atol=1e-9)
-  rhs = np.ones((2, 70, 1))
-  np.testing.assert_allclose(linalg.solve(wide, rhs, algorithm="blocks"), np.linalg.solve(dense, rhs), rtol=1e-9)
-
-
-# (n, lags): sparse lags as a grid's (0, 1, w), a gap at the start, lags reaching past n.
-LAGGED = [(12, (0, 1, 4)), (13, (0, 3, 4, 5)), (5, (0, 2, 7)), (9, (0,)), (1, (0, 1))]
-
-
-def random_lagged_factor(n, lags, batch=(), seed=0):
-  """Bands at `lags` [..., len(lags), n] and the same L at every lag [..., b + 1, n]."""
-  full = random_factor(n, lags[-1], batch, seed=seed)
-  absent = [k for k in range(lags[-1] + 1) if k not in lags]
-  full[..., absent, :] = 0.0
-  return full[..., list(lags), :], full
-
-
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("n,lags", LAGGED)
-def test_kernels_at_sparse_lags_match_numpy(n, lags, batch):
-  bands, full = random_lagged_factor(n, lags, batch)
-  np.testing.assert_array_equal(linalg.bands_at_all_lags(bands, lags), full)
-  dense = dense_lower(full)
-  rng = np.random.default_rng(7)
-  x = rng.normal(size=tuple(batch) + (n,))
-  np.testing.assert_allclose(linalg.matvec(bands, x, lags=lags), np.einsum("...ij,...j->...i", dense, x),
-                             rtol=1e-12, atol=1e-12)
-  np.testing.assert_allclose(linalg.matvec_transpose(bands, x, lags=lags),
-                             np.einsum("...ji,...j->...i", dense, x), rtol=1e-12, atol=1e-12)
-  for algorithm in linalg.SOLVE_ALGORITHMS:
-    for num_columns in (1, 3):
-      rhs = rng.normal(size=tuple(batch) + (n, num_columns))
-      for transpose in (False, True):
-        matrix = np.swapaxes(dense, -1, -2) if transpose else dense
-        got = linalg.solve(bands, rhs, transpose=transpose, algorithm=algorithm, lags=lags)
-        np.testing.assert_allclose(got, np.linalg.solve(matrix, rhs), rtol=1e-10, atol=1e-10,
-                                   err_msg=f"{algorithm} r={num_columns} transpose={transpose}")
-
-
-@pytest.mark.parametrize("algorithm", linalg.SOLVE_ALGORITHMS)
-@pytest.mark.parametrize("n,lags", LAGGED[:3])
-def test_gradients_at_sparse_lags_match_finite_differences(n, lags, algorithm):
-  bands, _ = random_lagged_factor(n, lags, (2,))
-  rhs = np.random.default_rng(8).normal(size=(2, n, 2))
-  inside = (np.arange(n)[None, :] >= np.array(lags)[:, None]).astype(float)  # L[i, i - k] exists
-  assert_gradients_match(
-      lambda l, x: (linalg.solve(l * inside, x, algorithm=algorithm, lags=lags),
-                    linalg.solve(l * inside, x, transpose=True, algorithm=algorithm, lags=lags),
-                    linalg.matvec(l, x[..., 0], lags=lags), linalg.matvec_transpose(l, x[..., 0], lags=lags),
-                    linalg.bands_at_all_lags(l, lags)),
-      [bands, rhs])
-
-
-def test_sparse_lags_compile_with_xla_and_agree():
-  lags = (0, 1, 5)
-  bands, _ = random_lagged_factor(30, lags, (2,))
-  bands = bands.astype(np.float32)
-  rhs = np.random.default_rng(9).normal(size=(2, 30, 1)).astype(np.float32)
-  kernels = {
-      "solve": lambda: linalg.solve(bands, rhs, lags=lags),
-      "solve_transpose": lambda: linalg.solve(bands, rhs, transpose=True, lags=lags),
-      "matvec": lambda: linalg.matvec(bands, rhs[..., 0], lags=lags),
-      "matvec_transpose": lambda: linalg.matvec_transpose(bands, rhs[..., 0], lags=lags),
-  }
-  for name, kernel in kernels.items():
-    compiled = tf.function(kernel, jit_compile=True)
-    with linalg.plain_graph_kernels():
-      plain = tf.function(kernel)()
-    np.testing.assert_allclose(compiled(), plain, rtol=1e-5, atol=1e-5, err_msg=name)
-
-
 @pytest.mark.parametrize("lags", [(1, 2), (0, 2, 2), (0, 3, 1), (0, 1)])
 def test_bad_lags_are_rejected(lags):
   with pytest.raises(ValueError, match="lags must be 3 strictly increasing"):
     linalg.matvec(np.ones((3, 6)), np.ones(6), lags=lags)
+
+
+def test_solve_picks_rows_for_few_columns_and_rejects_unknown_algorithms():
+  assert _solve.solve_algorithm_for(1) == "rows"
+  assert _solve.solve_algorithm_for(_solve.ROWS_MAX_COLUMNS) == "rows"
+  assert _solve.solve_algorithm_for(_solve.ROWS_MAX_COLUMNS + 1) == "blocks"
+  assert _solve.solve_algorithm_for(None) == "blocks"
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.solve(random_factor_bands(4, 1), np.ones((4, 1)), algorithm="dense")
+
+
+@pytest.mark.parametrize("name", ["solve_rows", "solve_vec", "matvec", "bands_at_every_lag"])
+@pytest.mark.parametrize("case_name", ["grid", "lags_past_n"])
+def test_sparse_lags_give_what_every_lag_gives(name, case_name):
+  """The rows at a stencil's active lags compute what the full layout with zero rows computes."""
+  kernel, case, inputs = _run(name, case_name)
+  every = Case(case.n, tuple(range(case.bandwidth + 1)), case.batch_shape, case.block_size, case.rhs_batch_shape)
+  sparse = kernel.compute(case, *inputs)
+  full = kernel.compute(every, at_every_lag(inputs[0], case.lags), *inputs[1:])
+  if name == "bands_at_every_lag":
+    np.testing.assert_array_equal(sparse, full)
+  else:
+    np.testing.assert_allclose(sparse, full, rtol=1e-12, atol=1e-12)
+
+
+def _has_xla_cluster(graph) -> bool:
+  return any(op.get_attr("_XlaMustCompile") for op in graph.get_operations() if "_XlaMustCompile" in op.node_def.attr)
+
+
+def test_plain_graph_kernels_trace_no_xla_cluster_and_the_default_does():
+  bands = random_factor_bands(12, 2, (2,), dtype=np.float32)
+  rhs = np.ones((2, 12, 1), np.float32)
+  def trace():
+    return tf.function(lambda: linalg.solve(bands, rhs)).get_concrete_function().graph
+
+  with linalg.plain_graph_kernels():
+    assert not _has_xla_cluster(trace())
+  assert _has_xla_cluster(trace())
+
+
+@pytest.mark.parametrize("n,batch,compiled", [(12, 2, False), (700, 100, True)])
+def test_matvecs_run_plain_below_the_size_threshold_and_compiled_above_it(n, batch, compiled):
+  """60 elements run as plain ops, 350,000 (batch 100 at n = 700, b = 3) as one compiled kernel."""
+  bands = random_factor_bands(n, 3, (batch,), dtype=np.float32)
+  x = np.random.default_rng(3).normal(size=(batch, n)).astype(np.float32)
+  assert (bands.size + x.size >= _bands.PLAIN_BELOW_ELEMENTS) == compiled
+  dense = dense_lower(bands.astype(np.float64))
+  for matvec, matrix in ((linalg.matvec, dense), (linalg.matvec_transpose, np.swapaxes(dense, -1, -2))):
+    assert _has_xla_cluster(tf.function(lambda f=matvec: f(bands, x)).get_concrete_function().graph) == compiled
+    np.testing.assert_allclose(matvec(bands, x), (matrix @ x[..., None])[..., 0], rtol=1e-4, atol=1e-4)
+
+
+def test_default_blocks_are_balanced_and_cover_bands_wider_than_n():
+  assert [_blocks.block_size_for(n, b) for n, b in [(784, 256), (784, 28), (100, 3), (64, 28), (70, 90)]] == [
+      262, 28, 17, 64, 90]
+  bands = random_factor_bands(70, 2, (2,))
+  wide = np.concatenate([bands, np.zeros((2, 88, 70))], axis=-2)  # lags up to 90 > n, all zero
+  np.testing.assert_allclose(linalg.selected_inversion(wide), band_of(_covariance(bands), 90), rtol=1e-9, atol=1e-9)
+  rhs = np.ones((2, 70, 1))
+  np.testing.assert_allclose(linalg.solve(wide, rhs, algorithm="blocks"), np.linalg.solve(dense_lower(bands), rhs),
+                             rtol=1e-9)

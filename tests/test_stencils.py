@@ -91,3 +91,10 @@ def test_active_lags_select_the_rows_that_can_be_non_zero(stencil):
   assert lags[0] == 0 and all(stencil.mask[k].any() for k in lags)
   np.testing.assert_array_equal(np.delete(full, list(lags), axis=-2), 0.0)
   np.testing.assert_array_equal(stencil.bands_from_values(values, active_lags_only=True), full[..., list(lags), :])
+
+
+def test_stencil_config_round_trip(stencil):
+  rebuilt = stencils.from_config(stencil.get_config())
+  assert rebuilt == stencil and rebuilt.name == stencil.name
+  custom = stencils.Stencil(stencil.mask, name="from_mask")
+  assert stencils.from_config(custom.get_config()) == stencil

@@ -1,30 +1,27 @@
-"""tfggm: Gaussian graphical models (banded-precision Gaussians) for TensorFlow Probability."""
+"""tfggm: Gaussian graphical models (banded-precision Gaussians) for TensorFlow Probability and Keras.
 
-from tfggm import data, layers, linalg, parameterizations, stencils
+The library, bottom to top: `stencils` (which entries of the factor L are free) -> `linalg` (banded kernels)
+-> `PrecisionFactorSolve` (the bijector) -> the distributions (`tfggm.distributions`) -> the Keras layers
+(`tfggm.layers`) -> the models (`tfggm.models`). The MNIST application (`tfggm.mnist`, the `tfggm` command)
+sits on top and is not imported here.
+"""
+
+from tfggm import linalg, stencils
 from tfggm.bijector import PrecisionFactorSolve
-from tfggm.config import VAEConfig
-from tfggm.distributions import (GaussianGraphicalModel, MultivariateLogitNormal,
-                                 hutchinson_trace, kl_between_ggms, kl_to_diagonal_normal, squash)
-from tfggm.vae import VAE, build_decoder, build_encoder, build_vae
+from tfggm.distributions import GaussianGraphicalModel, MultivariateLogitNormal
+from tfggm.layers import GaussianGraphicalModelLayer, IndependentBernoulliLayer, MultivariateLogitNormalLayer
+from tfggm.models import VAE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GaussianGraphicalModel",
+    "GaussianGraphicalModelLayer",
+    "IndependentBernoulliLayer",
     "MultivariateLogitNormal",
+    "MultivariateLogitNormalLayer",
     "PrecisionFactorSolve",
     "VAE",
-    "VAEConfig",
-    "build_decoder",
-    "build_encoder",
-    "build_vae",
-    "data",
-    "hutchinson_trace",
-    "kl_between_ggms",
-    "kl_to_diagonal_normal",
-    "layers",
     "linalg",
-    "parameterizations",
-    "squash",
     "stencils",
 ]

@@ -6,13 +6,13 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.internal import dtype_util, parameter_properties, tensor_util
 
-from tfggm.linalg import bands as band_ops
-from tfggm.linalg.solve import solve_vec
+from tfggm import linalg
+from tfggm.linalg import _bands
 
-__all__ = ["PrecisionFactorSolve", "diagonal_assertions"]
+__all__ = ["PrecisionFactorSolve"]
 
 
-def diagonal_assertions(bands: tf.Tensor, what: str = "precision_factor_bands") -> list:
+def _diagonal_assertions(bands: tf.Tensor, what: str = "precision_factor_bands") -> list:
   """Assertions that the diagonal of L (bands[..., 0, :]) is finite and positive."""
   diagonal = bands[..., 0, :]
   return [
@@ -44,8 +44,8 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
       dtype = dtype_util.common_dtype([precision_factor_bands], dtype_hint=tf.float32)
       self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
           precision_factor_bands, dtype=dtype, name="precision_factor_bands")
-      band_ops.check_bands(self._precision_factor_bands)
-      self._lags = band_ops.resolve_lags(self._precision_factor_bands, lags)
+      _bands.check_bands(self._precision_factor_bands)
+      self._lags = _bands.resolve_lags(self._precision_factor_bands, lags)
       super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, dtype=dtype,
                        validate_args=validate_args, parameters=parameters, name=name)
 
@@ -65,17 +65,17 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
     return self._lags
 
   def _forward(self, x):
-    return solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True, lags=self._lags)
+    return linalg.solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True, lags=self._lags)
 
   def _inverse(self, y):
-    return band_ops.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y, lags=self._lags)
+    return linalg.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y, lags=self._lags)
 
   def _forward_log_det_jacobian(self, x):
-    return -band_ops.log_determinant(self._precision_factor_bands)
+    return -_bands.log_determinant(self._precision_factor_bands)
 
   def _parameter_control_dependencies(self, is_init):
     if not self.validate_args:
       return []
     if is_init != tensor_util.is_ref(self._precision_factor_bands):
-      return diagonal_assertions(tf.convert_to_tensor(self._precision_factor_bands))
+      return _diagonal_assertions(tf.convert_to_tensor(self._precision_factor_bands))
     return []

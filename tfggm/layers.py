@@ -28,12 +28,23 @@ class _DistributionLayer(tfp.layers.DistributionLambda):
   `convert_to_tensor_fn` ("sample", "mean" or "mode").
   """
 
-  def __init__(self, convert_to_tensor_fn: str = "sample", **kwargs):
+  def __init__(self, convert_to_tensor_fn: str = "sample", validate_args: bool = False, **kwargs):
     if convert_to_tensor_fn not in _TENSOR_CONVERSIONS:
       raise ValueError(f"convert_to_tensor_fn must be one of {sorted(_TENSOR_CONVERSIONS)}; "
                        f"got {convert_to_tensor_fn!r}.")
     super().__init__(self._distribution, _TENSOR_CONVERSIONS[convert_to_tensor_fn], **kwargs)
     self._convert_to_tensor_name = convert_to_tensor_fn
+    self._validate_args = validate_args
+
+  def call(self, inputs, *args, **kwargs):
+    result = super().call(inputs, *args, **kwargs)
+    coercible = result[0] if isinstance(result, tuple) else result
+    # TFP's tensor-coercible wrapper hands log_prob's computation to the distribution, but not the
+    # distribution's checks of its argument (`_sample_control_dependencies`), so `validate_args` would check
+    # nothing on the layer's output: hand those over too.
+    object.__setattr__(coercible, "_sample_control_dependencies",
+                       coercible.tensor_distribution._sample_control_dependencies)
+    return result
 
   def _check_params(self, params: tf.Tensor, expected: int) -> tf.Tensor:
     params = tf.convert_to_tensor(params)
@@ -47,7 +58,7 @@ class _DistributionLayer(tfp.layers.DistributionLambda):
 
   def get_config(self) -> dict:
     config = tf_keras.layers.Layer.get_config(self)
-    config["convert_to_tensor_fn"] = self._convert_to_tensor_name
+    config.update(convert_to_tensor_fn=self._convert_to_tensor_name, validate_args=self._validate_args)
     return config
 
   @classmethod
@@ -59,7 +70,7 @@ class _StencilLayer(_DistributionLayer):
   """Common part of the layers whose distribution is parameterized on a stencil."""
 
   def __init__(self, stencil: stencils.Stencil | dict, parameterization: str = "factor",
-               diagonal_floor: float = 1e-3, validate_args: bool = False, **kwargs):
+               diagonal_floor: float = 1e-3, **kwargs):
     if isinstance(stencil, dict):
       stencil = stencils.from_config(stencil)
     if parameterization not in _PARAMETERIZATIONS:
@@ -68,7 +79,6 @@ class _StencilLayer(_DistributionLayer):
     self._stencil = stencil
     self._parameterization = parameterization
     self._diagonal_floor = diagonal_floor
-    self._validate_args = validate_args
     super().__init__(**kwargs)
 
   @property
@@ -96,7 +106,7 @@ class _StencilLayer(_DistributionLayer):
   def get_config(self) -> dict:
     config = super().get_config()
     config.update(stencil=self._stencil.get_config(), parameterization=self._parameterization,
-                  diagonal_floor=self._diagonal_floor, validate_args=self._validate_args)
+                  diagonal_floor=self._diagonal_floor)
     return config
 
 
@@ -107,6 +117,11 @@ class GaussianGraphicalModelLayer(_StencilLayer):
   `params[..., :n]` is the mean; the rest feeds the parameterization:
   "factor" (free entries of L, softplus diagonal + floor) or "precision"
   (Gershgorin-dominant P, then banded Cholesky).
+
+  It serves as a posterior q(z|x) over latents and as a likelihood p(x|z) over real-valued data
+  (a decoder's last layer: a Gaussian over x whose precision couples the entries along the stencil,
+  e.g. a grid over the pixels of an image). With `validate_args=True`, `log_prob` of an x with NaN or
+  Inf entries raises instead of returning NaN.
 
   ```python
   stencil = tfggm.stencils.extended_grid(4, 4)
@@ -146,9 +161,32 @@ class MultivariateLogitNormalLayer(_StencilLayer):
     return config
 
 
+class _BernoulliPixels(tfd.Independent):
+  """Independent Bernoulli pixels that score x in [0, 1]: x log p + (1 - x) log(1 - p) per pixel.
+
+  Binary x gives the Bernoulli log-probability; grey levels in between are soft targets (the usual
+  cross-entropy). With `validate_args=True`, `log_prob` of an x with NaN entries or entries outside [0, 1]
+  raises InvalidArgumentError instead of returning a wrong number.
+  """
+
+  def _sample_control_dependencies(self, x):
+    if not self.validate_args:
+      return []
+    return [
+        tf.debugging.assert_all_finite(x, message="IndependentBernoulli: x has NaN or Inf entries"),
+        tf.debugging.assert_greater_equal(x, tf.zeros([], x.dtype),
+                                          message="IndependentBernoulli: x must be in [0, 1], found x < 0"),
+        tf.debugging.assert_less_equal(x, tf.ones([], x.dtype),
+                                       message="IndependentBernoulli: x must be in [0, 1], found x > 1"),
+    ]
+
+
 @tf_keras.saving.register_keras_serializable(package="tfggm")
 class IndependentBernoulliLayer(_DistributionLayer):
-  """logits [..., event_size] -> independent Bernoulli pixels (binarized images)."""
+  """logits [..., event_size] -> independent Bernoulli pixels (binarized images, or grey levels in [0, 1]).
+
+  With `validate_args=True`, `log_prob` of x outside [0, 1] or NaN raises (see `_BernoulliPixels`).
+  """
 
   def __init__(self, event_size: int, convert_to_tensor_fn: str = "mean", **kwargs):
     self._event_size = event_size
@@ -160,7 +198,8 @@ class IndependentBernoulliLayer(_DistributionLayer):
 
   def _distribution(self, params):
     logits = self._check_params(params, self._event_size)
-    return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=logits.dtype), reinterpreted_batch_ndims=1)
+    return _BernoulliPixels(tfd.Bernoulli(logits=logits, dtype=logits.dtype), reinterpreted_batch_ndims=1,
+                            validate_args=self._validate_args)
 
   def get_config(self) -> dict:
     config = super().get_config()

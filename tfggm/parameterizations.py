@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfggm import linalg
+from tfggm.linalg import _bands
 from tfggm.stencils import Stencil
 
 __all__ = ["factor_bands_from_values", "precision_bands_from_values",
@@ -62,7 +63,7 @@ def precision_bands_from_values(stencil: Stencil, values: tf.Tensor,
       tf.concat([tf.zeros_like(values[..., :n]), values[..., n:]], axis=-1))
   magnitude = tf.abs(off_diagonal)
   row_sums = (tf.reduce_sum(magnitude, axis=-2)
-              + tf.reduce_sum(linalg.shift_rows(magnitude, -1), axis=-2))
+              + tf.reduce_sum(_bands.shift_rows(magnitude, -1), axis=-2))
   diagonal = row_sums + tf.nn.softplus(values[..., :n]) + tf.constant(diagonal_floor, values.dtype)
   return tf.concat([diagonal[..., tf.newaxis, :], off_diagonal[..., 1:, :]], axis=-2)
 

@@ -9,6 +9,7 @@ from tensorflow_probability.python.internal import dtype_util, parameter_propert
 
 from tfggm import linalg
 from tfggm.bijector import PrecisionFactorSolve
+from tfggm.linalg import _bands
 
 tfd = tfp.distributions
 
@@ -53,7 +54,8 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
       precision_factor_bands: compact bands of L, [..., R, n], static R and n.
       lags: the lag of each row of the bands, increasing from 0; default
         (0, 1, ..., R - 1). `Stencil.active_lags` gives a stencil's.
-      validate_args: check that the diagonal of L is finite and positive.
+      validate_args: check that the diagonal of L is finite and positive, and that the x given to
+        `log_prob` is finite.
       allow_nan_stats: as in every TFP distribution.
       name: name scope of the ops.
 
@@ -66,7 +68,7 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
       self._loc = tensor_util.convert_nonref_to_tensor(loc, dtype=dtype, name="loc")
       self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
           precision_factor_bands, dtype=dtype, name="precision_factor_bands")
-      n, _ = linalg.bands.check_bands(self._precision_factor_bands)
+      n, _ = _bands.check_bands(self._precision_factor_bands)
       if self._loc.shape.rank == 0 or self._loc.shape[-1] not in (None, n):
         raise ValueError(
             f"loc must have shape [..., n] with n = {n} (from precision_factor_bands of shape "
@@ -109,9 +111,9 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
     """b: the largest lag of L."""
     return self._lags[-1]
 
-  def compact_bands(self) -> tf.Tensor:
+  def factor_bands_at_every_lag(self) -> tf.Tensor:
     """L at every lag 0, 1, ..., b: [..., b + 1, n] (zeros at lags not in `lags`), O(n b)."""
-    return linalg.bands_at_all_lags(self._precision_factor_bands, self._lags)
+    return linalg.bands_at_every_lag(self._precision_factor_bands, self._lags)
 
   def _event_shape_full(self, x: tf.Tensor) -> tf.Tensor:
     """Broadcasts an [..., n] tensor to batch_shape + [n]."""
@@ -125,37 +127,42 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   def _entropy(self):
     constant = 0.5 * self._n * (1.0 + np.log(2.0 * np.pi))
-    log_det = linalg.log_determinant(self._precision_factor_bands)
+    log_det = _bands.log_determinant(self._precision_factor_bands)
     return tf.broadcast_to(tf.constant(constant, self.dtype) - log_det, self.batch_shape_tensor())
 
   def covariance_bands(self, bandwidth: int | None = None) -> tf.Tensor:
     """Sigma within a band, compact layout [..., b' + 1, n], by selected inversion: O(n b'^2)."""
-    return linalg.selected_inversion(self.compact_bands(), bandwidth=bandwidth)
+    return linalg.selected_inversion(self.factor_bands_at_every_lag(), bandwidth=bandwidth)
 
   def precision_bands(self) -> tf.Tensor:
     """Lower bands of P = L L^T, [..., b + 1, n]: O(n b^2)."""
-    return linalg.outer_product(self.compact_bands())
+    return linalg.product_with_transpose(self.factor_bands_at_every_lag())
 
   def _variance(self):
     """diag(Sigma) by selected inversion without the off-diagonal band: O(n b^2)."""
-    return self._event_shape_full(linalg.marginal_variances(self.compact_bands()))
+    return self._event_shape_full(linalg.marginal_variances(self.factor_bands_at_every_lag()))
 
   def _stddev(self):
     return tf.sqrt(self._variance())
 
   def precision(self) -> tf.Tensor:
     """Dense P = L L^T, [..., n, n]: O(n^2) memory, for inspection and tests only."""
-    factor = linalg.dense_from_bands(self.compact_bands())
+    factor = linalg.dense_from_bands(self.factor_bands_at_every_lag())
     return tf.matmul(factor, factor, adjoint_b=True)
 
   def _covariance(self):
     # Dense Sigma = L^{-T} L^{-1}: O(n^3), for inspection and tests only.
-    factor = linalg.dense_from_bands(self.compact_bands())
+    factor = linalg.dense_from_bands(self.factor_bands_at_every_lag())
     identity = tf.broadcast_to(tf.eye(self._n, dtype=self.dtype), tf.shape(factor))
     factor_inverse = tf.linalg.triangular_solve(factor, identity, lower=True)
     covariance = tf.matmul(factor_inverse, factor_inverse, adjoint_a=True)
     return tf.broadcast_to(covariance,
                            tf.concat([self.batch_shape_tensor(), [self._n, self._n]], axis=0))
+
+  def _sample_control_dependencies(self, x):
+    if not self.validate_args:
+      return []
+    return [tf.debugging.assert_all_finite(x, message="GaussianGraphicalModel: x has NaN or Inf entries")]
 
   def _default_event_space_bijector(self):
     return tfp.bijectors.Identity(validate_args=self.validate_args)

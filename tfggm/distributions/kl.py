@@ -7,6 +7,7 @@ import tensorflow_probability as tfp
 
 from tfggm import linalg
 from tfggm.distributions.ggm import GaussianGraphicalModel
+from tfggm.linalg import _bands
 
 tfd = tfp.distributions
 
@@ -66,7 +67,7 @@ def kl_to_diagonal_normal(q: GaussianGraphicalModel, loc: tf.Tensor, scale: tf.T
   mahalanobis = tf.reduce_sum(tf.square(q.mean() - loc) * inverse_variance, axis=-1)
   n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
   return (0.5 * (trace + mahalanobis - n) + tf.reduce_sum(tf.math.log(tf.abs(scale)), axis=-1)
-          + linalg.log_determinant(q.precision_factor_bands))
+          + _bands.log_determinant(q.precision_factor_bands))
 
 
 def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.Tensor:
@@ -82,16 +83,16 @@ def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.
   there: selected inversion of L_q to bandwidth max(b_q, b_p). The quadratic
   form is ||L_p^T (mu_p - mu_q)||^2. O(n max(b_q, b_p)^2).
   """
-  q_bands, p_bands = q.compact_bands(), p.compact_bands()
+  q_bands, p_bands = q.factor_bands_at_every_lag(), p.factor_bands_at_every_lag()
   width = p.bandwidth
   sigma_q = linalg.selected_inversion(q_bands, bandwidth=max(q.bandwidth, width))[..., : width + 1, :]
-  precision_p = linalg.outer_product(p_bands)
+  precision_p = linalg.product_with_transpose(p_bands)
   products = tf.reduce_sum(sigma_q * precision_p, axis=-1)  # [..., b_p + 1]
   trace = 2.0 * tf.reduce_sum(products, axis=-1) - products[..., 0]
   quadratic = tf.reduce_sum(tf.square(linalg.matvec_transpose(p.precision_factor_bands, p.mean() - q.mean(),
                                                               lags=p.lags)), -1)
   n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
-  return 0.5 * (trace + quadratic - n) + linalg.log_determinant(q_bands) - linalg.log_determinant(p_bands)
+  return 0.5 * (trace + quadratic - n) + _bands.log_determinant(q_bands) - _bands.log_determinant(p_bands)
 
 
 @tfd.RegisterKL(GaussianGraphicalModel, tfd.MultivariateNormalDiag)

@@ -88,8 +88,8 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
   def lags(self) -> tuple[int, ...]:
     return self.distribution.lags
 
-  def compact_bands(self) -> tf.Tensor:
-    return self.distribution.compact_bands()
+  def factor_bands_at_every_lag(self) -> tf.Tensor:
+    return self.distribution.factor_bands_at_every_lag()
 
   def _sample_control_dependencies(self, x):
     if not self.validate_args:

@@ -1,0 +1,7 @@
+"""`python -m tfggm`: the `tfggm` command of the MNIST application."""
+
+import sys
+
+from tfggm.mnist.cli import main
+
+sys.exit(main())

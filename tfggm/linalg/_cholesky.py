@@ -1,0 +1,72 @@
+"""Banded Cholesky P = L L^T and its inverse map, the banded outer product L -> L L^T."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfggm.linalg._bands import check_bands
+from tfggm.linalg._blocks import block_size_for, from_blocks, scan_blocks, to_blocks
+
+
+def cholesky(precision_bands: tf.Tensor, block_size: int | None = None) -> tf.Tensor:
+  """The lower Cholesky factor L (compact bands) of a symmetric banded P.
+
+  A band matrix keeps its bandwidth under Cholesky (no fill-in outside the
+  band), so L has the bandwidth b of P. With blocks of size B >= b, P is block
+  tridiagonal (A_j on the diagonal, E_j below) and L block bidiagonal:
+
+  ```none
+  C_j = E_j D_{j-1}^{-T}
+  D_j = chol(A_j - C_j C_j^T)            j = 0 .. m-1,  C_0 = 0
+  ```
+
+  m sequential steps of B x B dense work: O(n B^2), never an n x n matrix.
+  The steps are a plain `tf.scan` of dense ops (not a compiled loop), which
+  TensorFlow differentiates to every order.
+
+  Args:
+    precision_bands: lower bands of P, [..., b + 1, n] (`bands[k, i] = P[i, i-k]`).
+    block_size: B (default: `block_size_for(n, b)`).
+
+  Returns:
+    bands of L, [..., b + 1, n].
+  """
+  precision_bands = tf.convert_to_tensor(precision_bands)
+  n, b = check_bands(precision_bands)
+  block = block_size_for(n, b, block_size)
+  lower, below = to_blocks(precision_bands, block)
+  diagonal = tf.linalg.diag(tf.linalg.diag_part(lower))
+  full = lower + tf.linalg.matrix_transpose(lower) - diagonal
+
+  def step(previous, blocks):
+    previous_diag, _ = previous
+    a, e = blocks
+    coupling = tf.linalg.matrix_transpose(
+        tf.linalg.triangular_solve(previous_diag, tf.linalg.matrix_transpose(e), lower=True))
+    diag = tf.linalg.cholesky(a - tf.matmul(coupling, coupling, adjoint_b=True))
+    return diag, coupling
+
+  def first(blocks):
+    a, e = blocks  # e = C_0 = 0
+    return tf.linalg.cholesky(a), e
+
+  diag_blocks, sub_blocks = scan_blocks(step, first, (full, below))
+  return from_blocks(diag_blocks, sub_blocks, n, b)
+
+
+def product_with_transpose(factor_bands: tf.Tensor, block_size: int | None = None) -> tf.Tensor:
+  """Lower bands of P = L L^T from the bands of L (the same bandwidth b).
+
+  Blockwise: A_j = D_j D_j^T + C_j C_j^T and E_j = C_j D_{j-1}^T, all blocks at
+  once (C_0 = 0, so E_0 = 0 and A_0 = D_0 D_0^T): O(n B^2).
+  """
+  factor_bands = tf.convert_to_tensor(factor_bands)
+  n, b = check_bands(factor_bands)
+  block = block_size_for(n, b, block_size)
+  diag_blocks, sub_blocks = to_blocks(factor_bands, block)
+  coupled = sub_blocks[..., 1:, :, :]  # C_1 .. C_{m-1}
+  zero_block = tf.zeros_like(diag_blocks[..., :1, :, :])
+  a = (tf.matmul(diag_blocks, diag_blocks, adjoint_b=True)
+       + tf.concat([zero_block, tf.matmul(coupled, coupled, adjoint_b=True)], -3))
+  e = tf.concat([zero_block, tf.matmul(coupled, diag_blocks[..., :-1, :, :], adjoint_b=True)], -3)
+  return from_blocks(a, e, n, b)

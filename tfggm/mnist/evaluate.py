@@ -1,0 +1,71 @@
+"""Trained run directories: load the model, evaluate it on the fixed test set."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from tfggm.mnist import data
+from tfggm.mnist.config import VAEConfig
+from tfggm.mnist.networks import build_vae
+from tfggm.mnist.rundir import WEIGHTS, RunDirectory
+from tfggm.mnist.training import RunData
+from tfggm.models import VAE, evaluation
+
+__all__ = ["load_run", "evaluate_run", "active_units"]
+
+
+def load_run(run_dir: str | pathlib.Path, weights: str = WEIGHTS[0]) -> tuple[VAEConfig, VAE]:
+  """The configuration and the trained model (its `weights`, one of `WEIGHTS`) of a run directory."""
+  run = RunDirectory(run_dir)
+  config = run.load_config()
+  weights_path = run.weights(weights)
+  model = build_vae(config, data.IMAGE_SHAPE)
+  model(tf.zeros([1, *model.encoder.inputs[0].shape[1:]]))
+  model.optimizer.build(model.trainable_variables)
+  model.load_weights(str(weights_path))
+  return config, model
+
+
+def active_units(model: VAE, images: np.ndarray, threshold: float = 0.01, batch_size: int = 500) -> int:
+  """Latent units u with Var_x(E_q[z_u | x]) > threshold (Burda et al., 2016)."""
+  means = np.concatenate([model.encoder(images[i:i + batch_size]).mean().numpy()
+                          for i in range(0, len(images), batch_size)])
+  return int(np.sum(np.var(means, axis=0) > threshold))
+
+
+def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_size: int = 500,
+                 max_test: int | None = None, data_dir: str | None = None,
+                 weights: str = WEIGHTS[0], seed: int = 0) -> dict:
+  """Test ELBO and importance-sampled log p(x) (K = num_samples) of a run, on the fixed test set.
+
+  Writes `evaluation.json` (the report) and `evaluation_per_example.npz` (the
+  per-image ELBO and log p(x), so rows can be compared pairwise on the same
+  images) into the run directory. For logit-normal runs the densities are of
+  the dequantized data in [0, 1]^784, also given in bits/dim.
+  """
+  run = RunDirectory(run_dir)
+  config, model = load_run(run.path, weights)
+  test = RunData(config, data_dir).test[:max_test]
+  prior = model.prior()
+  arguments = dict(encode=model.encoder, log_likelihood=model.log_likelihood, prior=prior, images=test,
+                   seed=seed)
+  elbo = evaluation.elbo_per_example(**arguments, num_samples=1)
+  log_px = evaluation.importance_sampled_log_likelihood(**arguments, num_samples=num_samples,
+                                                        chunk_size=chunk_size)
+  report = dict(run_dir=str(run.path), weights=weights, posterior=config.posterior, likelihood=config.likelihood,
+                num_importance_samples=num_samples, test_elbo=evaluation.summarize(elbo),
+                test_log_likelihood=evaluation.summarize(log_px),
+                active_units=active_units(model, test), latent_dim=config.latent_dim)
+  if config.continuous:
+    report["bits_per_dim"] = dict(
+        elbo=float(data.nats_to_bits_per_dim(report["test_elbo"]["mean"])),
+        log_likelihood=float(data.nats_to_bits_per_dim(report["test_log_likelihood"]["mean"])),
+        log_likelihood_stderr=report["test_log_likelihood"]["stderr"] / (data.NUM_PIXELS * math.log(2)))
+  run.evaluation.write_text(json.dumps(report, indent=2) + "\n")
+  np.savez(run.per_example, elbo=elbo, log_likelihood=log_px)
+  return report

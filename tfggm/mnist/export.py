@@ -1,0 +1,107 @@
+"""Export a trained VAE as a SavedModel for TF Serving: tensors in, a dict of tensors out."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+
+import tensorflow as tf
+
+from tfggm.linalg import plain_graph_kernels
+from tfggm.mnist.images import decode_images, is_logit_normal, likelihood_images
+from tfggm.models import VAE
+
+__all__ = ["ServingModule", "export_model", "next_version_dir"]
+
+
+class ServingModule(tf.Module):
+  """The signatures of an exported VAE (all outputs are tensors).
+
+  - `serving_default`: images [N, D] in [0, 1] (D = 784 for MNIST) -> `loc` [N, n], `bands` [N, b+1, n]
+    (compact layout of the posterior's L, bands[:, k, i] = L[i, i-k]), one `sample`
+    [N, n] of q(z|x) and its `log_prob` [N].
+  - `decode`: z [N, n] -> the likelihood's parameters (`logits` [N, 784] for
+    Bernoulli; `loc` and `bands` for a logit-normal) and `images` [N, 784].
+  - `sample`: num_images [] -> `z` [num_images, n] from the prior and `images`.
+  """
+
+  def __init__(self, model: VAE):
+    super().__init__(name="tfggm_vae")
+    self.encoder = model.encoder
+    self.decoder = model.decoder
+    self.latent_dim = model.latent_dim
+    self.num_pixels = int(model.encoder.inputs[0].shape[-1])
+    self.encode = tf.function(self._encode, input_signature=[tf.TensorSpec([None, self.num_pixels], tf.float32,
+                                                                          name="images")])
+    self.decode = tf.function(self._decode, input_signature=[tf.TensorSpec([None, model.latent_dim],
+                                                                          tf.float32, name="z")])
+    self.sample = tf.function(self._sample, input_signature=[tf.TensorSpec([], tf.int32, name="num_images")])
+
+  def _encode(self, images):
+    posterior = self.encoder(_checked_images(images, self.num_pixels))  # NaN or out-of-range pixels fail it
+    z = posterior.sample()
+    return {"loc": posterior.mean(), "bands": posterior.factor_bands_at_every_lag(),
+            "sample": z, "log_prob": posterior.log_prob(z)}
+
+  def _decode(self, z):
+    likelihood = self.decoder(z)
+    outputs = {"images": likelihood_images(likelihood)}
+    if is_logit_normal(likelihood):
+      outputs["loc"] = likelihood.gaussian.mean()
+      outputs["bands"] = likelihood.factor_bands_at_every_lag()
+    else:
+      outputs["logits"] = likelihood.distribution.logits
+    return outputs
+
+  def _sample(self, num_images):
+    z = tf.random.normal([num_images, self.latent_dim])
+    return {"z": z, "images": decode_images(self.decoder, z)}
+
+
+def _checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
+  """Fails with a clear message on a wrong width, NaN or pixels outside [0, 1] (instead of a NaN loss)."""
+  images = tf.convert_to_tensor(images)
+  if images.shape.rank != 2 or images.shape[-1] not in (None, num_pixels):
+    raise ValueError(f"serving_default: images must have shape [batch, {num_pixels}]; got {images.shape}.")
+  with tf.control_dependencies([
+      tf.debugging.assert_equal(tf.shape(images)[-1], num_pixels,
+                                message=f"serving_default: images must have shape [batch, {num_pixels}]"),
+      tf.debugging.assert_all_finite(images, "serving_default: images contain NaN or Inf"),
+      tf.debugging.assert_greater_equal(images, tf.zeros([], images.dtype),
+                                        message="serving_default: images must be in [0, 1]; found a pixel < 0"),
+      tf.debugging.assert_less_equal(images, tf.ones([], images.dtype),
+                                     message="serving_default: images must be in [0, 1]; found a pixel > 1"),
+  ]):
+    return tf.identity(images)
+
+
+def next_version_dir(base: str | os.PathLike) -> pathlib.Path:
+  """base/<n + 1> where n is the largest integer version already in base (1 if none)."""
+  base = pathlib.Path(base)
+  versions = [int(p.name) for p in base.glob("*") if p.is_dir() and re.fullmatch(r"\d+", p.name)]
+  return base / str(max(versions, default=0) + 1)
+
+
+def export_model(model: VAE, base: str | os.PathLike) -> pathlib.Path:
+  """Writes base/<next version>/ (a SavedModel), via a temporary folder and a rename; never overwrites.
+
+  The graph is plain TensorFlow (kernels traced with `plain_graph_kernels`), so
+  a server without XLA enabled runs it.
+  """
+  base = pathlib.Path(base)
+  base.mkdir(parents=True, exist_ok=True)
+  module = ServingModule(model)
+  target = next_version_dir(base)
+  temporary = base / f".tmp-{target.name}-{os.getpid()}"
+  try:
+    with plain_graph_kernels():
+      tf.saved_model.save(module, str(temporary), signatures={
+          "serving_default": module.encode, "decode": module.decode, "sample": module.sample})
+    if target.exists():
+      raise FileExistsError(f"{target} appeared during the export; run it again for the next version.")
+    os.rename(temporary, target)
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+  return target
