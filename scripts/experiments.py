@@ -32,8 +32,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class Experiment:
   def train_arguments(self, row: Row) -> list[str]:
     """`tfggm train` of a row: its own flags, then the protocol's."""
     return ["train", str(self.run_dir(row).path), *row.train_args, "--epochs", str(self.epochs),
-            "--seed", str(self.seed), "--verbose", "2", *self._data_args(), *self.extra_train_args]
+            "--seed", str(self.seed), "--progress", "line", *self._data_args(), *self.extra_train_args]
 
   def evaluate_arguments(self, row: Row) -> list[str]:
     return ["evaluate", str(self.run_dir(row).path), "--num-samples", str(self.num_samples), *self._data_args()]

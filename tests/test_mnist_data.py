@@ -1,7 +1,10 @@
 """The MNIST data module: IDX files, finding data, splits, binarization, dequantization, checks."""
 
 import gzip
+import hashlib
 import math
+import pathlib
+import shutil
 import struct
 import sys
 import types
@@ -10,6 +13,8 @@ import numpy as np
 import pytest
 
 from tfggm.mnist import data
+
+REPOSITORY_MNIST = pathlib.Path(__file__).resolve().parents[1] / "data" / "mnist"
 
 
 def write_idx(path, array, compress=True):
@@ -105,11 +110,11 @@ def test_resolve_explicit_dir_lists_missing_files(tmp_path):
     data.load_mnist(str(tmp_path / "absent"))
 
 
-def test_resolve_order_explicit_env_defaults(tmp_path, monkeypatch):
-  explicit, from_env, default = tmp_path / "explicit", tmp_path / "env", tmp_path / "default"
-  for directory in (explicit, from_env, default):
+def test_resolve_order_explicit_then_env_then_none(tmp_path, monkeypatch):
+  explicit, from_env = tmp_path / "explicit", tmp_path / "env"
+  for directory in (explicit, from_env):
     write_mnist_dir(directory)
-  monkeypatch.setattr(data, "_default_dirs", lambda: [tmp_path / "absent", default])
+  monkeypatch.chdir(tmp_path)  # nothing is looked up relative to the working directory or the package
   monkeypatch.setenv("TFGGM_DATA_DIR", str(from_env))
   assert data.resolve_mnist_dir(str(explicit)) == explicit.resolve()
   assert data.resolve_mnist_dir(None) == from_env.resolve()
@@ -117,9 +122,7 @@ def test_resolve_order_explicit_env_defaults(tmp_path, monkeypatch):
   with pytest.raises(data.DataError, match="TFGGM_DATA_DIR"):
     data.resolve_mnist_dir(None)
   monkeypatch.delenv("TFGGM_DATA_DIR")
-  assert data.resolve_mnist_dir(None) == default.resolve()
-  monkeypatch.setattr(data, "_default_dirs", lambda: [tmp_path / "absent"])
-  assert data.resolve_mnist_dir(None) is None
+  assert data.resolve_mnist_dir(None) is None  # then tensorflow_datasets
 
 
 def test_load_mnist_synthetic_dir(tmp_path):
@@ -156,12 +159,12 @@ def test_load_mnist_count_mismatch_and_swapped_files(tmp_path):
     data.load_mnist(tmp_path)
 
 
-def test_load_mnist_tfds_fallback(monkeypatch):
+def test_without_a_data_directory_tensorflow_datasets_downloads_mnist(monkeypatch):
+  """The tfds builder is stubbed (no network here): it is asked for MNIST with download allowed."""
   monkeypatch.delenv("TFGGM_DATA_DIR", raising=False)
-  monkeypatch.setattr(data, "_default_dirs", lambda: [])
 
   def fake_load(name, split, batch_size, download):
-    assert (name, split, batch_size, download) == ("mnist", ["train", "test"], -1, False)
+    assert (name, split, batch_size, download) == ("mnist", ["train", "test"], -1, True)
     return [{"image": np.full((n, 28, 28, 1), 3, np.uint8), "label": np.arange(n) % 10}
             for n in (12, 4)]
 
@@ -171,21 +174,41 @@ def test_load_mnist_tfds_fallback(monkeypatch):
   assert arrays.train_labels.dtype == np.uint8 and arrays.train_images.dtype == np.uint8
 
 
-def test_load_mnist_without_any_source_explains(monkeypatch):
+@pytest.mark.parametrize("tfds", ["offline", "not installed"])
+def test_without_any_source_the_error_says_what_to_pass(monkeypatch, tfds):
   monkeypatch.delenv("TFGGM_DATA_DIR", raising=False)
-  monkeypatch.setattr(data, "_default_dirs", lambda: [])
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # Import fails.
+  if tfds == "offline":
+    def offline_load(*args, **kwargs):
+      raise ConnectionError("Failed to establish a new connection: Name or service not known")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(load=offline_load))
+  else:
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # Import fails.
   with pytest.raises(data.DataError) as error:
     data.load_mnist()
   message = str(error.value)
-  for text in ("--data-dir", "TFGGM_DATA_DIR", "train-images-idx3-ubyte.gz", "tensorflow_datasets"):
+  for text in ("--data-dir", "TFGGM_DATA_DIR", "train-images-idx3-ubyte.gz", "data/mnist", "tensorflow_datasets",
+               "network"):
     assert text in message
+  assert ("ConnectionError" if tfds == "offline" else "ModuleNotFoundError") in message
 
 
-def test_real_mnist():
-  directory = data.resolve_mnist_dir(None)
-  assert directory is not None, "MNIST not found: expected ../shared/data/mnist beside the repo"
-  arrays = data.load_mnist(str(directory))
+def test_a_file_of_mnists_size_must_be_the_canonical_file(tmp_path):
+  """60,000 labels that are not MNIST's (a corrupt or foreign file under MNIST's name) are refused by sha256."""
+  write_mnist_dir(tmp_path, num_train=60_000, num_test=10)
+  with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte.gz' has MNIST's size but not its content"):
+    data.load_mnist(tmp_path)
+  shutil.copy(REPOSITORY_MNIST / "train-images-idx3-ubyte.gz", tmp_path)  # now the images are MNIST's
+  with pytest.raises(data.DataError, match="train-labels-idx1-ubyte.gz' has MNIST's size"):
+    data.load_mnist(tmp_path)
+
+
+def test_the_repositorys_mnist_is_the_canonical_mnist():
+  """data/mnist in the repository: the four canonical files (sha256), 60,000 + 10,000 images, the known mean."""
+  assert REPOSITORY_MNIST.is_dir(), (
+      f"{REPOSITORY_MNIST} is missing: the repository carries MNIST there (a partial checkout?)")
+  for name, digest in data.MNIST_SHA256.items():
+    assert hashlib.sha256((REPOSITORY_MNIST / name).read_bytes()).hexdigest() == digest, name
+  arrays = data.load_mnist(REPOSITORY_MNIST)
   assert arrays.train_images.shape == (60000, 784) and arrays.test_images.shape == (10000, 784)
   assert arrays.train_labels.shape == (60000,) and arrays.test_labels.shape == (10000,)
   assert abs(arrays.train_images.mean() / 255.0 - 0.13066) < 1e-4
@@ -313,6 +336,9 @@ def test_likelihood_unit_conversions():
   discrete = data.dequantized_to_discrete_nats(0.0)
   assert discrete == pytest.approx(-784 * math.log(256))
   assert data.nats_to_bits_per_dim(discrete) == pytest.approx(8.0)  # Uniform density: 8 bits/dim.
+  assert data.discrete_bits_per_dim(0.0) == pytest.approx(8.0)
+  np.testing.assert_allclose(data.discrete_bits_per_dim(np.array([3193.8, -784 * math.log(2)])),
+                             [8 - 3193.8 / (784 * math.log(2)), 9.0])
 
 
 # User-supplied images.

@@ -9,14 +9,13 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
-import tensorflow as tf
 import tf_keras
 
 from tfggm.mnist import cli
 from tfggm.mnist.config import ConfigError, VAEConfig
-from tfggm.mnist.training import train
 from tfggm.mnist.data import IMAGE_SHAPE
 from tfggm.mnist.networks import build_vae
+from tfggm.mnist.training import train
 
 SMALL = dict(hidden_units=(16,), batch_size=50, warmup_epochs=1)
 
@@ -117,7 +116,7 @@ def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
   run = tmp_path / "run"
   small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1"]
   assert _tfggm("train", run, "--data-dir", tiny_mnist, "--posterior", "extended_grid", "--epochs", 2,
-                "--verbose", 0, *small) == 0
+                "--progress", "none", *small) == 0
   out = capsys.readouterr().out
   assert "TensorBoard logs" in out and "best validation ELBO" in out
   assert _tfggm("evaluate", run, "--data-dir", tiny_mnist, "--num-samples", 20, "--chunk-size", 7) == 0
@@ -264,7 +263,7 @@ def test_history_summary_keeps_the_last_record_of_a_resumed_epoch_and_a_robust_e
 @pytest.mark.slow
 def test_a_cli_run_trained_under_xla_stores_the_flag_and_evaluates_and_exports(tiny_mnist, tmp_path):
   run = tmp_path / "run"
-  small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1", "--epochs", 1, "--verbose", 0]
+  small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1", "--epochs", 1, "--progress", "none"]
   assert _tfggm("train", run, "--data-dir", tiny_mnist, "--posterior", "chain", "--jit-compile", *small) == 0
   assert json.loads((run / "config.json").read_text())["jit_compile"] is True
   assert _tfggm("evaluate", run, "--data-dir", tiny_mnist, "--num-samples", 4, "--max-test", 20) == 0

@@ -16,6 +16,7 @@ sys.path.insert(0, str(SCRIPTS))  # the scripts import their shared driver as `e
 
 import experiments  # noqa: E402
 from experiments import Experiment, Row  # noqa: E402
+
 TINY = ("--hidden-units", "8", "--batch-size", "50", "--warmup-epochs", "1", "--max-examples", "120")
 
 
@@ -158,7 +159,7 @@ def test_table1_rows_keep_their_train_and_evaluate_commands(tmp_path):
     run_dir = str(runs / row.name)
     assert experiments.tfggm_command(*experiment.train_arguments(row)) == [
         sys.executable, "-m", "tfggm", "train", run_dir, "--posterior", row.name, "--steps-per-execution", "64",
-        "--epochs", "500", "--seed", "0", "--verbose", "2"]
+        "--epochs", "500", "--seed", "0", "--progress", "line"]
     assert experiments.tfggm_command(*experiment.evaluate_arguments(row)) == [
         sys.executable, "-m", "tfggm", "evaluate", run_dir, "--num-samples", "5000"]
   assert [row.name for row in table1.ROWS] == ["diagonal", "chain", "extended_grid", "gershgorin_grid", "band4"]
@@ -196,8 +197,8 @@ def test_logitnormal_table_reports_bits_per_dim_and_paired_differences():
   results[grid.name][f"paired_vs_{base.name}"] = dict(log_likelihood=dict(mean=0.5 * scale, stderr=scale / 100))
   lines = logitnormal.table(results, num_samples=10).splitlines()
   assert len(lines) == 4
-  assert lines[2].startswith("| diagonal | diagonal | ") and "| 1.0000 ± " in lines[2]
-  assert lines[3].startswith("| grid | diagonal | 0.") and "| -0.5000 ± 0.0100 |" in lines[3]
+  assert lines[2].startswith("| diagonal | diagonal | ") and "| 9.0000 ± " in lines[2]  # -log2 p / D + 8
+  assert lines[3].startswith("| grid | diagonal | 8.") and "| -0.5000 ± 0.0100 |" in lines[3]
 
 
 def test_estimates_and_markdown_tables():

@@ -144,7 +144,7 @@ class MultivariateLogitNormalLayer(_StencilLayer):
 
   The Gaussian lives in logit space of the squashed pixels
   x' = alpha + (1 - 2 alpha) x; `log_prob` scores the original x, Jacobian
-  included (see `tfggm.squash`).
+  included (see `tfggm.distributions.squash`).
   """
 
   def __init__(self, stencil: stencils.Stencil | dict, alpha: float = 0.01, **kwargs):
@@ -185,7 +185,9 @@ class _BernoulliPixels(tfd.Independent):
 class IndependentBernoulliLayer(_DistributionLayer):
   """logits [..., event_size] -> independent Bernoulli pixels (binarized images, or grey levels in [0, 1]).
 
-  With `validate_args=True`, `log_prob` of x outside [0, 1] or NaN raises (see `_BernoulliPixels`).
+  Its `log_prob` scores x in [0, 1]: x log p + (1 - x) log(1 - p) per pixel, the Bernoulli log-probability for
+  binary x and the usual cross-entropy for grey levels. With `validate_args=True`, `log_prob` of x outside
+  [0, 1] or NaN raises InvalidArgumentError.
   """
 
   def __init__(self, event_size: int, convert_to_tensor_fn: str = "mean", **kwargs):

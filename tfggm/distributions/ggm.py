@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -38,14 +40,15 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
 
   ```python
   stencil = tfggm.stencils.chain(16)
-  bands = stencil.bands_from_values(values)  # [..., 2, 16]
+  bands = tfggm.parameterizations.factor_bands_from_values(stencil, values)  # [..., 2, 16], L_ii > 0
   q = tfggm.GaussianGraphicalModel(loc, bands)
   z = q.sample(4)                             # [4, ..., 16]
   kl = tfd.kl_divergence(q, tfd.MultivariateNormalDiag(tf.zeros(16)))
   ```
   """
 
-  def __init__(self, loc, precision_factor_bands, lags=None, validate_args: bool = False,
+  def __init__(self, loc: tf.Tensor, precision_factor_bands: tf.Tensor, lags: Sequence[int] | None = None,
+               validate_args: bool = False,
                allow_nan_stats: bool = True, name: str = "GaussianGraphicalModel"):
     """Builds the distribution.
 

@@ -15,7 +15,7 @@ __all__ = ["kl_to_diagonal_normal", "kl_between_ggms", "hutchinson_trace"]
 
 
 def hutchinson_trace(q: GaussianGraphicalModel, weights: tf.Tensor, num_probes: int,
-                     seed=None) -> tf.Tensor:
+                     seed: tf.Tensor | tuple[int, int] | None = None) -> tf.Tensor:
   """Unbiased estimate of tr(diag(w) Sigma) with `num_probes` Rademacher probes.
 
   ```none
@@ -46,7 +46,8 @@ def hutchinson_trace(q: GaussianGraphicalModel, weights: tf.Tensor, num_probes: 
 
 
 def kl_to_diagonal_normal(q: GaussianGraphicalModel, loc: tf.Tensor, scale: tf.Tensor,
-                          num_probes: int | None = None, seed=None) -> tf.Tensor:
+                          num_probes: int | None = None,
+                          seed: tf.Tensor | tuple[int, int] | None = None) -> tf.Tensor:
   """KL(q || N(loc, diag(scale^2))), exact by default.
 
   ```none

@@ -12,6 +12,8 @@ Two algorithms, chosen by the number of right-hand sides r per matrix:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
 from tfggm.linalg._bands import band_of_outer, bands_at_every_lag, check_bands, is_every_lag, resolve_lags, sum_to_shape
@@ -65,7 +67,8 @@ def _band_of_outer_by(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]
 
 
 def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
-          block_size: int | None = None, algorithm: str | None = None, lags=None) -> tf.Tensor:
+          block_size: int | None = None, algorithm: str | None = None,
+          lags: Sequence[int] | None = None) -> tf.Tensor:
   """Solves L y = rhs (or L^T y = rhs) for banded lower-triangular L, with a banded gradient.
 
   "rows" substitutes one row at a time (see `row_substitution`): O(n R r) for
@@ -166,7 +169,8 @@ def _block_substitute(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool, block: 
 
 
 def solve_vec(bands: tf.Tensor, x: tf.Tensor, transpose: bool = False,
-              block_size: int | None = None, algorithm: str | None = None, lags=None) -> tf.Tensor:
+              block_size: int | None = None, algorithm: str | None = None,
+              lags: Sequence[int] | None = None) -> tf.Tensor:
   """`solve` for vectors x [..., n]; leading dims beyond the bands' batch become columns.
 
   A sample of shape [S..., batch..., n] is solved as S right-hand sides of the

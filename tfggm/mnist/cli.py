@@ -10,6 +10,8 @@ import sys
 
 __all__ = ["main"]
 
+PROGRESS = {"bar": 1, "line": 2, "none": 0}  # --progress -> Keras' `verbose`
+
 
 def _positive(text: str) -> int:
   """argparse type: an integer >= 1 (a bad value is a usage error, exit 2)."""
@@ -19,28 +21,41 @@ def _positive(text: str) -> int:
   return value
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows each option's default, except None (the help then says what happens without the option)."""
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
   from tfggm.mnist.config import LIKELIHOODS, POSTERIORS, VAEConfig
   defaults = VAEConfig()
   parser.add_argument("--posterior", default=defaults.posterior, help=f"one of {', '.join(POSTERIORS)}")
-  parser.add_argument("--likelihood", default=defaults.likelihood, choices=LIKELIHOODS)
-  parser.add_argument("--latent-dim", type=_positive, default=defaults.latent_dim)
-  parser.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units))
-  parser.add_argument("--activation", default=defaults.activation)
-  parser.add_argument("--objective", choices=["elbo", "iwae"], default=defaults.objective)
+  parser.add_argument("--likelihood", default=defaults.likelihood, choices=LIKELIHOODS,
+                      help="p(x|z): Bernoulli pixels (binarized data) or a logit-normal over the pixel grid "
+                           "(dequantized data)")
+  parser.add_argument("--latent-dim", type=_positive, default=defaults.latent_dim, help="latent units n")
+  parser.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units),
+                      help="Dense layers of the encoder (and, mirrored, the decoder)")
+  parser.add_argument("--activation", default=defaults.activation, help="of the hidden layers (a Keras name)")
+  parser.add_argument("--objective", choices=["elbo", "iwae"], default=defaults.objective,
+                      help="the bound trained: the ELBO or the importance-weighted bound")
   parser.add_argument("--num-samples", type=_positive, default=defaults.num_samples,
                       help="z samples per data point (k of IWAE)")
   parser.add_argument("--monte-carlo-kl", action="store_true", help="Monte Carlo KL instead of the exact KL")
   parser.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs,
                       help="KL weight 0 -> 1 over these epochs (0: off)")
-  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+  parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam's")
   parser.add_argument("--clip-global-norm", type=float, default=defaults.clip_global_norm,
                       help="gradient clipping by global norm (0: off)")
-  parser.add_argument("--batch-size", type=_positive, default=defaults.batch_size)
-  parser.add_argument("--epochs", type=_positive, default=defaults.epochs)
+  parser.add_argument("--batch-size", type=_positive, default=defaults.batch_size,
+                      help="images per step (the global batch under --strategy)")
+  parser.add_argument("--epochs", type=_positive, default=defaults.epochs, help="training epochs")
   parser.add_argument("--alpha", type=float, default=defaults.alpha,
                       help="logit-normal likelihoods: pixels squashed into (alpha, 1 - alpha)")
-  parser.add_argument("--seed", type=int, default=defaults.seed)
+  parser.add_argument("--seed", type=int, default=defaults.seed,
+                      help="weights, shuffling, binarization and posterior noise")
   parser.add_argument("--max-examples", type=_positive, default=None,
                       help="use only this many images of each split (quick runs)")
   parser.add_argument("--jit-compile", action="store_true",
@@ -64,11 +79,11 @@ def _config_from(args):
 def _train(args) -> None:
   from tfggm.mnist.distribute import make_strategy
   strategy = make_strategy(args.strategy)  # first: a multi-worker strategy must precede every other TF op
-  from tfggm.mnist.training import train
   from tfggm.mnist.rundir import RunDirectory
+  from tfggm.mnist.training import train
   logs = RunDirectory(args.run_dir).logs
   print(f"TensorBoard logs: {logs}  (view with: tensorboard --logdir {logs})", flush=True)
-  summary = train(_config_from(args), args.run_dir, data_dir=args.data_dir, verbose=args.verbose,
+  summary = train(_config_from(args), args.run_dir, data_dir=args.data_dir, verbose=PROGRESS[args.progress],
                   strategy=strategy)
   print(f"best validation ELBO: {summary['best_val_elbo']:.2f} nats (epoch {summary['best_epoch']} of "
         f"{summary['epochs_run']}); {summary['median_epoch_seconds']:.1f} s per epoch (median)")
@@ -82,8 +97,8 @@ def _evaluate(args) -> None:
 
 
 def _export(args) -> None:
-  from tfggm.mnist.export import export_model
   from tfggm.mnist.evaluate import load_run
+  from tfggm.mnist.export import export_model
   _, model = load_run(args.run_dir, weights=args.weights)
   print(f"exported to {export_model(model, args.to)}")
 
@@ -93,9 +108,10 @@ def _sample(args) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import tensorflow as tf
-  from tfggm.mnist.images import draw_images
+
   from tfggm.mnist.data import IMAGE_SHAPE
   from tfggm.mnist.evaluate import load_run
+  from tfggm.mnist.images import draw_images
   from tfggm.mnist.rundir import RunDirectory
   _, model = load_run(args.run_dir, weights=args.weights)
   z = tf.random.stateless_normal([args.num, model.latent_dim], seed=[args.seed, 0])
@@ -113,51 +129,58 @@ def _sample(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from tfggm import __version__
   from tfggm.mnist.distribute import STRATEGIES
   from tfggm.mnist.images import DRAWS
   from tfggm.mnist.rundir import WEIGHTS
-  formatter = argparse.ArgumentDefaultsHelpFormatter
-  parser = argparse.ArgumentParser(prog="tfggm", formatter_class=formatter,
+  formatter = _DefaultsFormatter
+  weights_help = "the best epoch's weights, or the last epoch's"
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                      help="show TensorFlow's own log lines and warnings (hidden by default)")
+  parser = argparse.ArgumentParser(prog="tfggm", formatter_class=formatter, parents=[common],
                                    description="VAEs with Gaussian-graphical-model posteriors on MNIST.")
+  parser.add_argument("--version", action="version", version=f"tfggm {__version__}")
   commands = parser.add_subparsers(dest="command", required=True)
-  data_help = ("directory with the four MNIST IDX .gz files (default: $TFGGM_DATA_DIR, then "
-               "../shared/data/mnist, then tensorflow_datasets)")
+  data_help = ("directory with the four MNIST IDX .gz files, e.g. data/mnist in a clone of the repository "
+               "(default: $TFGGM_DATA_DIR, else tensorflow_datasets, which downloads MNIST when online)")
 
-  train = commands.add_parser("train", formatter_class=formatter,
-                              help="train (or resume) a VAE in RUN_DIR")
+  def add_command(name: str, help: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, formatter_class=formatter, parents=[common], help=help)
+
+  train = add_command("train", help="train (or resume) a VAE in RUN_DIR")
   train.add_argument("run_dir")
   train.add_argument("--data-dir", default=None, help=data_help)
-  train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="Keras progress: 1 bar, 2 a line")
+  train.add_argument("--progress", choices=sorted(PROGRESS), default="bar",
+                     help="Keras progress: a bar, a line per epoch, or none")
   train.add_argument("--strategy", choices=STRATEGIES, default="default",
                      help="tf.distribute: one device; this machine's GPUs (mirrored); or the workers of the "
                           "cluster in $TF_CONFIG (multi-worker). --batch-size is the global batch")
   _config_arguments(train)
   train.set_defaults(handler=_train)
 
-  evaluate = commands.add_parser("evaluate", formatter_class=formatter,
-                                 help="test ELBO and importance-sampled log p(x) of a run")
+  evaluate = add_command("evaluate", help="test ELBO and importance-sampled log p(x) of a run")
   evaluate.add_argument("run_dir")
   evaluate.add_argument("--num-samples", type=_positive, default=5000,
                         help="K of the importance-sampled estimate")
   evaluate.add_argument("--chunk-size", type=_positive, default=500, help="samples per chunk (bounds memory)")
   evaluate.add_argument("--max-test", type=_positive, default=None, help="evaluate on the first N test images")
-  evaluate.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS)
+  evaluate.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS, help=weights_help)
   evaluate.add_argument("--data-dir", default=None, help=data_help)
   evaluate.set_defaults(handler=_evaluate)
 
-  export = commands.add_parser("export", formatter_class=formatter,
-                               help="export a run as a SavedModel: TO/<next integer version>/")
+  export = add_command("export", help="export a run as a SavedModel: TO/<next integer version>/")
   export.add_argument("run_dir")
   export.add_argument("--to", required=True, help="base folder, e.g. saved_models/mnist-chain")
-  export.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS)
+  export.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS, help=weights_help)
   export.set_defaults(handler=_export)
 
-  sample = commands.add_parser("sample", formatter_class=formatter, help="draw images from a run as a PNG grid")
+  sample = add_command("sample", help="draw images from a run as a PNG grid")
   sample.add_argument("run_dir")
-  sample.add_argument("--num", type=_positive, default=64)
-  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--num", type=_positive, default=64, help="images drawn")
+  sample.add_argument("--seed", type=int, default=0, help="of z and of the draws")
   sample.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
-  sample.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS)
+  sample.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS, help=weights_help)
   sample.add_argument("--draw", default="mean", choices=DRAWS,
                       help="mean: p(x|z)'s mean image (logit-normal: its median); sample: x ~ p(x|z)")
   sample.set_defaults(handler=_sample)
@@ -165,9 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Runs a subcommand; user errors print one line and exit 2, without a traceback."""
+  """Runs a subcommand; user errors print one line and exit 2, without a traceback.
+
+  Unless --verbose, TensorFlow's Python warnings (e.g. Keras' slow-callback notes) are hidden; its C++ log lines
+  are hidden by the `tfggm` command's launcher (`tfggm_cli`), which must act before TensorFlow is imported.
+  """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   args = build_parser().parse_args(argv)
+  if not getattr(args, "verbose", False):
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")
   from tfggm.mnist.config import ConfigError
   from tfggm.mnist.data import DataError
   from tfggm.mnist.training import TrainingDiverged

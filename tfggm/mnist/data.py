@@ -1,14 +1,22 @@
-"""MNIST for the VAEs: IDX files, binarized and dequantized tf.data pipelines, image checks."""
+"""MNIST for the VAEs: IDX files, binarized and dequantized tf.data pipelines, image checks.
+
+Where MNIST comes from, in this order: an explicit `data_dir` (`--data-dir`), then `$TFGGM_DATA_DIR` (either must
+hold the four IDX files), then tensorflow_datasets, which downloads MNIST into its own cache on first use (with a
+progress bar) when there is a network; else a DataError that says what to pass. The repository carries the four
+files in `data/mnist/`. A file of MNIST's size must be byte for byte the canonical one (its sha256 is checked):
+a corrupt download or a swapped file is an error, not a silent wrong result.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import math
 import os
 import pathlib
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +25,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "IMAGE_SHAPE",
     "MNIST_FILES",
+    "MNIST_SHA256",
     "NUM_PIXELS",
     "DataError",
     "MnistArrays",
@@ -26,6 +35,7 @@ __all__ = [
     "dequantize_once",
     "dequantized_dataset",
     "dequantized_to_discrete_nats",
+    "discrete_bits_per_dim",
     "load_mnist",
     "nats_to_bits_per_dim",
     "read_idx",
@@ -42,6 +52,14 @@ MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
+# sha256 of the canonical files (Y. LeCun's distribution): a file of MNIST's size must match its sum.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
+    "train-labels-idx1-ubyte.gz": "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
+    "t10k-images-idx3-ubyte.gz": "1a1a05eab793c14bb050b398624a11b0ffd1a2953baed553b1b9bd079e2a20be",
+    "t10k-labels-idx1-ubyte.gz": "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b",
+}
+_MNIST_COUNTS = {"train": 60_000, "t10k": 10_000}
 _IDX_UINT8 = 0x08
 _IDX_NDIM = {2049: 1, 2051: 3}  # magic number -> rank: labels, images.
 # Dequantization noise is kept this far from 0 and 1 so that, in float32, pixel + u never
@@ -133,28 +151,35 @@ def _checked_dir(path: str | os.PathLike, source: str) -> pathlib.Path:
   return directory.resolve()
 
 
-def _default_dirs() -> list[pathlib.Path]:
-  """Where MNIST is looked for when neither data_dir nor $TFGGM_DATA_DIR is given."""
-  shared = pathlib.Path("..", "shared", "data", "mnist")
-  return [pathlib.Path(__file__).resolve().parents[1] / shared, pathlib.Path.cwd() / shared]
-
-
 def resolve_mnist_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
-  """The directory with the four MNIST IDX files, or None if there is none to use.
+  """The directory with the four MNIST IDX files, or None (then tensorflow_datasets provides MNIST).
 
-  Order: `data_dir`, then $TFGGM_DATA_DIR (either one, if given, must be complete, else
-  DataError naming the missing files), then the first complete default directory:
-  `<repo root>/../shared/data/mnist`, then `../shared/data/mnist` from the CWD.
+  Order: `data_dir`, then $TFGGM_DATA_DIR; either one, if given, must be complete, else DataError naming the
+  missing files.
   """
   if data_dir is not None:
     return _checked_dir(data_dir, "data_dir")
   from_env = os.environ.get(DATA_DIR_ENV)
   if from_env:
     return _checked_dir(from_env, f"${DATA_DIR_ENV}")
-  for directory in _default_dirs():
-    if directory.is_dir() and not _missing_files(directory):
-      return directory.resolve()
   return None
+
+
+def _check_canonical(path: pathlib.Path, name: str, count: int) -> None:
+  """A file of MNIST's size (`count` items) must be the canonical file `name` (sha256), else DataError.
+
+  Files of other sizes (subsets, synthetic data) are not MNIST's and are not checked here. An uncompressed
+  twin is not checked either: only the .gz files have published sums.
+  """
+  prefix = name.split("-")[0]
+  if count != _MNIST_COUNTS[prefix] or not path.name.endswith(".gz"):
+    return
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  if digest != MNIST_SHA256[name]:
+    swapped = [other for other, value in MNIST_SHA256.items() if value == digest]
+    hint = f"it is {swapped[0]} under another name" if swapped else "it is corrupt or not MNIST"
+    raise DataError(f"'{path}' has MNIST's size but not its content (sha256 {digest[:16]}..., expected "
+                    f"{MNIST_SHA256[name][:16]}...): {hint}. Restore the canonical file.")
 
 
 def _mnist_arrays(source: str, train_images: np.ndarray, train_labels: np.ndarray,
@@ -179,24 +204,24 @@ def _mnist_arrays(source: str, train_images: np.ndarray, train_labels: np.ndarra
 
 
 def _load_from_tfds() -> MnistArrays:
-  """MNIST from a locally prepared tensorflow_datasets copy (never downloads)."""
+  """MNIST from tensorflow_datasets: its prepared copy, or a download into its cache (progress shown)."""
   try:
-    import tensorflow_datasets as tfds  # Lazy: slow to import and only a fallback.
-    train, test = tfds.load("mnist", split=["train", "test"], batch_size=-1, download=False)
-  except Exception as error:  # Any failure here (not installed, not prepared) means: no MNIST.
+    import tensorflow_datasets as tfds  # Lazy: slow to import, and only needed without a data directory.
+    train, test = tfds.load("mnist", split=["train", "test"], batch_size=-1, download=True)
+  except Exception as error:  # Not installed, offline, a failed download: no MNIST from here.
     raise DataError(
-        "MNIST not found. Pass --data-dir DIR with DIR containing the four IDX .gz files ("
-        + ", ".join(MNIST_FILES.values()) + f"), or set {DATA_DIR_ENV}=DIR. Also looked in "
-        + ", ".join(f"'{d}'" for d in _default_dirs()) + "; and tensorflow_datasets could not "
-        f"provide MNIST ({type(error).__name__}: {error}); it is not allowed to download "
-        "(there is no internet here).") from error
+        "MNIST not found. Pass --data-dir DIR (data_dir=DIR in Python) or set "
+        f"{DATA_DIR_ENV}=DIR, with DIR a directory holding the four IDX .gz files ("
+        + ", ".join(MNIST_FILES.values()) + "); a clone of the tfggm repository has them in data/mnist. "
+        f"tensorflow_datasets could not provide MNIST either ({type(error).__name__}: {error}); "
+        "it downloads MNIST only when there is a network.") from error
   return _mnist_arrays("tensorflow_datasets", train["image"], train["label"],
                        test["image"], test["label"])
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None,
                max_examples: int | None = None) -> MnistArrays:
-  """MNIST from `resolve_mnist_dir(data_dir)`, else from tensorflow_datasets, else DataError.
+  """MNIST from `resolve_mnist_dir(data_dir)`, else from tensorflow_datasets (downloading), else DataError.
 
   `max_examples` keeps only the first that many examples of every split (for quick runs).
   """
@@ -206,7 +231,11 @@ def load_mnist(data_dir: str | os.PathLike | None = None,
   if directory is None:
     arrays = _load_from_tfds()
   else:
-    files = {field: read_idx(_idx_path(directory, name)) for field, name in MNIST_FILES.items()}
+    files = {}
+    for field, name in MNIST_FILES.items():
+      path = _idx_path(directory, name)
+      files[field] = read_idx(path)
+      _check_canonical(path, name, len(files[field]))
     arrays = _mnist_arrays(str(directory), **files)
   if max_examples is None:
     return arrays
@@ -338,6 +367,21 @@ def dequantized_to_discrete_nats(log_px: float | np.ndarray,
   is therefore a lower bound on the discrete log-likelihood, comparable across models.
   """
   return log_px - num_dims * math.log(256.0)
+
+
+def discrete_bits_per_dim(log_px: float | np.ndarray,
+                          num_dims: int = NUM_PIXELS) -> float | np.ndarray:
+  """The bits/dim of the 8-bit data from log p(x) of its dequantized version on [0, 1]^D, in nats.
+
+  ```none
+  bits/dim = -(log p(x) - D log 256) / (D ln 2) = -log2 p(x) / D + 8
+  ```
+
+  The convention of the density-modelling literature (RealNVP, MAF, Glow, FFJORD): positive, lower is
+  better, 8 for the uniform density; by `dequantized_to_discrete_nats` an upper bound on the bits/dim of the
+  discrete pixels. A difference of two log-densities converts with `nats_to_bits_per_dim` alone (the 8 cancels).
+  """
+  return nats_to_bits_per_dim(dequantized_to_discrete_nats(log_px, num_dims), num_dims)
 
 
 def check_images(x: np.ndarray, name: str, binary: bool = False) -> np.ndarray:

@@ -45,8 +45,9 @@ def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_siz
 
   Writes `evaluation.json` (the report) and `evaluation_per_example.npz` (the
   per-image ELBO and log p(x), so rows can be compared pairwise on the same
-  images) into the run directory. For logit-normal runs the densities are of
-  the dequantized data in [0, 1]^784, also given in bits/dim.
+  images) into the run directory. For logit-normal runs the densities (nats) are of
+  the dequantized data in [0, 1]^784; `bits_per_dim` gives them as bits/dim of the 8-bit data,
+  -log2 p(x) / 784 + 8 (`data.discrete_bits_per_dim`: positive, lower is better).
   """
   run = RunDirectory(run_dir)
   config, model = load_run(run.path, weights)
@@ -63,8 +64,9 @@ def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_siz
                 active_units=active_units(model, test), latent_dim=config.latent_dim)
   if config.continuous:
     report["bits_per_dim"] = dict(
-        elbo=float(data.nats_to_bits_per_dim(report["test_elbo"]["mean"])),
-        log_likelihood=float(data.nats_to_bits_per_dim(report["test_log_likelihood"]["mean"])),
+        convention="bits/dim of the 8-bit data: -log2 p(x) / D + 8",
+        elbo=float(data.discrete_bits_per_dim(report["test_elbo"]["mean"])),
+        log_likelihood=float(data.discrete_bits_per_dim(report["test_log_likelihood"]["mean"])),
         log_likelihood_stderr=report["test_log_likelihood"]["stderr"] / (data.NUM_PIXELS * math.log(2)))
   run.evaluation.write_text(json.dumps(report, indent=2) + "\n")
   np.savez(run.per_example, elbo=elbo, log_likelihood=log_px)
