@@ -164,12 +164,18 @@ def assert_gradients_match(function, args, num_directions: int = 3, delta: float
   for g, a in zip(grads, args):  # (a broadcast gradient would pass the inner products below)
     assert g is not None and g.shape == a.shape, f"gradient {g} for an argument of shape {a.shape}"
   for _ in range(num_directions):
-    directions = [tf.constant(rng.normal(size=a.shape)) for a in args]
-    plus = scalar(*[a + delta * d for a, d in zip(args, directions)])
-    minus = scalar(*[a - delta * d for a, d in zip(args, directions)])
-    numerical = float((plus - minus) / (2 * delta))
-    analytic = float(sum(tf.reduce_sum(g * d) for g, d in zip(grads, directions)))
-    np.testing.assert_allclose(analytic, numerical, rtol=rtol, atol=rtol)
+    _assert_directional_derivative(scalar, args, grads, rng, delta, rtol)
+
+
+def _assert_directional_derivative(scalar, args, gradients, rng, delta: float, rtol: float) -> None:
+  """<gradients, d> against the central difference (scalar(x + h d) - scalar(x - h d)) / 2h, d random."""
+  import tensorflow as tf
+  directions = [tf.constant(rng.normal(size=a.shape)) for a in args]
+  plus = scalar(*[a + delta * d for a, d in zip(args, directions)])
+  minus = scalar(*[a - delta * d for a, d in zip(args, directions)])
+  numerical = float((plus - minus) / (2 * delta))
+  analytic = float(sum(tf.reduce_sum(g * d) for g, d in zip(gradients, directions)))
+  np.testing.assert_allclose(analytic, numerical, rtol=rtol, atol=rtol)
 
 
 def assert_second_derivatives_match(function, args, delta: float = 1e-5, seed: int = 0, rtol: float = 1e-6):
@@ -196,12 +202,7 @@ def assert_second_derivatives_match(function, args, delta: float = 1e-5, seed: i
     outer.watch(args)
     value = first_derivative(*args)
   second = outer.gradient(value, args, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  directions = [tf.constant(rng.normal(size=a.shape)) for a in args]
-  plus = first_derivative(*[a + delta * d for a, d in zip(args, directions)])
-  minus = first_derivative(*[a - delta * d for a, d in zip(args, directions)])
-  numerical = float((plus - minus) / (2 * delta))
-  analytic = float(sum(tf.reduce_sum(g * d) for g, d in zip(second, directions)))
-  np.testing.assert_allclose(analytic, numerical, rtol=rtol, atol=rtol)
+  _assert_directional_derivative(first_derivative, args, second, rng, delta, rtol)
 
 
 def write_idx(path, array: np.ndarray) -> None:
