@@ -28,7 +28,6 @@ import json
 import os
 import pathlib
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tfggm.mnist import files
 from tfggm.mnist.rundir import RunDirectory
 
 __all__ = ["Row", "Experiment", "tfggm_command", "argument_parser", "experiment_from", "run_rows",
@@ -81,6 +81,7 @@ class Experiment:
   seed: int = 0
   threads: int = 1
   data_dir: str | None = None
+  allow_nonstandard_counts: bool = False
   extra_train_args: tuple[str, ...] = ()
 
   def run_dir(self, row: Row) -> RunDirectory:
@@ -121,7 +122,8 @@ class Experiment:
                 command=shlex.join(sys.argv))
 
   def _data_args(self) -> list[str]:
-    return ["--data-dir", str(self.data_dir)] if self.data_dir else []
+    directory = ["--data-dir", str(self.data_dir)] if self.data_dir else []
+    return [*directory, *(["--allow-nonstandard-counts"] if self.allow_nonstandard_counts else [])]
 
 
 def tfggm_command(*arguments: str) -> list[str]:
@@ -145,6 +147,8 @@ def argument_parser(description: str, rows: Sequence[Row], runs: pathlib.Path, e
   parser.add_argument("--runs", type=pathlib.Path, default=runs, help="one run directory per row in here")
   parser.add_argument("--data-dir", default=None,
                       help="directory of the MNIST IDX files (None: where `tfggm train` looks)")
+  parser.add_argument("--allow-nonstandard-counts", action="store_true",
+                      help="accept MNIST files with other numbers of images than 60,000 and 10,000")
   parser.add_argument("--train-args", default="",
                       help="extra `tfggm train` flags for every row, quoted, e.g. --train-args='--max-examples "
                            "2000'; part of each run's configuration, so resume with the same ones; a trial's tables "
@@ -157,6 +161,7 @@ def experiment_from(args: argparse.Namespace) -> Experiment:
   """The Experiment of the flags of `argument_parser`."""
   return Experiment(runs=args.runs, epochs=args.epochs, num_samples=args.num_samples, seed=args.seed,
                     threads=args.threads, data_dir=args.data_dir,
+                    allow_nonstandard_counts=args.allow_nonstandard_counts,
                     extra_train_args=tuple(shlex.split(args.train_args)))
 
 
@@ -202,10 +207,11 @@ def archive_rows(experiment: Experiment, rows: Iterable[Row], archive: pathlib.P
     training = run.training_summary()
     if training["epochs_run"] != experiment.epochs:
       continue
+    report, per_example = run.evaluation_results()
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.per_example, target / PER_EXAMPLE)
-    result = dict(evaluation=json.loads(run.evaluation.read_text()), training=training)
-    (target / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+    with files.replacing(target / PER_EXAMPLE) as temporary:
+      np.savez(temporary, **per_example)
+    files.write_json(target / RESULT, dict(evaluation=report, training=training))
 
 
 def is_archived(experiment: Experiment, row: Row, archive: pathlib.Path) -> bool:
@@ -292,8 +298,8 @@ def write_results(experiment: Experiment, results: dict, table: str, directory: 
   """Writes directory/name.json ({protocol, rows}) and directory/name.md (the table), and prints the table."""
   directory.mkdir(parents=True, exist_ok=True)
   report = dict(protocol=experiment.protocol(), rows=results)
-  (directory / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-  (directory / f"{name}.md").write_text(table + "\n")
+  files.write_json(directory / f"{name}.json", report)
+  files.write_text(directory / f"{name}.md", table + "\n")
   print(table)
 
 

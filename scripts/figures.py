@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tfggm.mnist import files
 from tfggm.mnist.rundir import RunDirectory
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ def plot_over_training(panels: dict, ylabel: str, title: str, path: pathlib.Path
   axes[0, 0].set_ylabel(ylabel)
   figure.suptitle(title)
   figure.tight_layout()
-  figure.savefig(path, dpi=110)
+  with files.replacing(path) as temporary:
+    figure.savefig(temporary, dpi=110)
   plt.close(figure)
   print(f"wrote {path}")
 

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 
 import experiments
 from experiments import Experiment, Row
+from tfggm.mnist import files
 from tfggm.mnist.data import discrete_bits_per_dim, nats_to_bits_per_dim
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,7 +88,8 @@ def sample_figure(figures: pathlib.Path) -> None:
       else:
         axis.text(0.5, 0.5, "not finished", ha="center", va="center", transform=axis.transAxes)
   figure.tight_layout()
-  figure.savefig(figures / "logitnormal_samples.png", dpi=110)
+  with files.replacing(figures / "logitnormal_samples.png") as temporary:
+    figure.savefig(temporary, dpi=110)
   plt.close(figure)
 
 

@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+import tf_keras
 
 from tfggm import stencils
 from tfggm._testing import random_factor_bands
@@ -230,3 +231,38 @@ def tiny_mnist(tmp_path_factory):
   write_idx(directory / "t10k-images-idx3-ubyte.gz", images(40))
   write_idx(directory / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 40))
   return directory
+
+
+# --- training runs on the tiny synthetic MNIST -------------------------------------------------------------------
+
+SMALL_NETWORK = dict(hidden_units=(16,), batch_size=50, warmup_epochs=1)  # VAEConfig fields of a fast test run
+
+
+def tiny(data_dir) -> dict:
+  """The arguments of `train` that read the tiny synthetic MNIST (240 / 40 images, not 60,000 / 10,000)."""
+  return dict(data_dir=data_dir, allow_nonstandard_counts=True)
+
+
+def tiny_flags(data_dir) -> list:
+  """The `tfggm train` / `evaluate` flags that read the tiny synthetic MNIST."""
+  return ["--data-dir", str(data_dir), "--allow-nonstandard-counts"]
+
+
+class FirstEpoch(tf_keras.callbacks.Callback):
+  """Records the first epoch a (resumed) run trains, and the weights it starts that epoch with."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if not hasattr(self, "epoch"):
+      self.epoch, self.weights = epoch, [w.copy() for w in self.model.get_weights()]
+
+
+class PoisonWeights(tf_keras.callbacks.Callback):
+  """Sets every weight to NaN when epoch `epoch` begins, as a diverging run would."""
+
+  def __init__(self, epoch: int):
+    super().__init__()
+    self.poisoned_epoch = epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch == self.poisoned_epoch:
+      self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])

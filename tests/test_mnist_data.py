@@ -26,14 +26,18 @@ def write_idx(path, array, compress=True):
   return path
 
 
-def write_mnist_dir(directory, num_train=20, num_test=7, seed=0):
-  """A synthetic MNIST directory with the four canonical file names; returns what was written."""
+def write_mnist_dir(directory, num_train=20, num_test=7, seed=0, zeros=False):
+  """A synthetic MNIST directory with the four canonical file names (random, or zero if `zeros`: quick to
+  compress); returns what was written."""
+  def draw(high, shape):
+    return np.zeros(shape, np.uint8) if zeros else rng.integers(0, high, size=shape, dtype=np.uint8)
+
   rng = np.random.default_rng(seed)
   arrays = {
-      "train_images": rng.integers(0, 256, size=(num_train, 28, 28), dtype=np.uint8),
-      "train_labels": rng.integers(0, 10, size=num_train, dtype=np.uint8),
-      "test_images": rng.integers(0, 256, size=(num_test, 28, 28), dtype=np.uint8),
-      "test_labels": rng.integers(0, 10, size=num_test, dtype=np.uint8),
+      "train_images": draw(256, (num_train, 28, 28)),
+      "train_labels": draw(10, num_train),
+      "test_images": draw(256, (num_test, 28, 28)),
+      "test_labels": draw(10, num_test),
   }
   directory.mkdir(parents=True, exist_ok=True)
   for field, name in data.MNIST_FILES.items():
@@ -67,7 +71,7 @@ def _idx_bytes(array):
   return header + array.tobytes()
 
 
-@pytest.mark.parametrize("content,expected", [
+BAD_IDX_FILES = [
     (gzip.compress(_idx_bytes(np.zeros((3, 28, 28)))[:-100]), ["truncated", "2352", "2252"]),
     (gzip.compress(_idx_bytes(np.zeros((3, 28, 28))) + b"\x00"), ["longer", "2352", "2353"]),
     (_idx_bytes(np.zeros(4))[:-1], ["truncated", "4 payload bytes", "3 were found"]),
@@ -79,7 +83,10 @@ def _idx_bytes(array):
     (b"this is definitely not an MNIST file", ["neither gzip nor IDX"]),
     (gzip.compress(b"random text, compressed"), ["not IDX"]),
     (gzip.compress(_idx_bytes(np.zeros(10)))[:-6], ["corrupt gzip"]),
-])
+]
+
+
+@pytest.mark.parametrize("content,expected", BAD_IDX_FILES)
 def test_read_idx_rejects_bad_files(tmp_path, content, expected):
   path = tmp_path / "broken-file-idx.gz"
   path.write_bytes(content)
@@ -87,6 +94,31 @@ def test_read_idx_rejects_bad_files(tmp_path, content, expected):
     data.read_idx(path)
   for text in ["broken-file-idx.gz"] + expected:
     assert text in str(error.value)
+
+
+@pytest.mark.parametrize("content,expected", BAD_IDX_FILES)
+def test_load_mnist_rejects_bad_files(tmp_path, content, expected):
+  """load_mnist reads each file once, without read_idx, and keeps every one of its checks."""
+  write_mnist_dir(tmp_path)
+  (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(content)
+  with pytest.raises(data.DataError) as error:
+    data.load_mnist(tmp_path, allow_nonstandard_counts=True)
+  for text in ["t10k-labels-idx1-ubyte.gz"] + expected:
+    assert text in str(error.value)
+
+
+def test_an_unreadable_file_is_a_data_error(tmp_path, monkeypatch):
+  write_mnist_dir(tmp_path)
+  read_bytes = pathlib.Path.read_bytes
+
+  def refuse_train_images(path):
+    if path.name == "train-images-idx3-ubyte.gz":
+      raise PermissionError(13, "Permission denied", str(path))  # chmod would not stop root
+    return read_bytes(path)
+
+  monkeypatch.setattr(pathlib.Path, "read_bytes", refuse_train_images)
+  with pytest.raises(data.DataError, match=r"cannot read IDX file '.*train-images-idx3-ubyte.gz' \(Permission denied"):
+    data.load_mnist(tmp_path, allow_nonstandard_counts=True)
 
 
 def test_read_idx_missing_file(tmp_path):
@@ -127,18 +159,19 @@ def test_resolve_order_explicit_then_env_then_none(tmp_path, monkeypatch):
 
 def test_load_mnist_synthetic_dir(tmp_path):
   written = write_mnist_dir(tmp_path, num_train=20, num_test=7)
-  arrays = data.load_mnist(str(tmp_path))
+  arrays = data.load_mnist(str(tmp_path), allow_nonstandard_counts=True)
   assert arrays.train_images.shape == (20, 784) and arrays.test_images.shape == (7, 784)
   assert arrays.train_labels.shape == (20,) and arrays.test_labels.shape == (7,)
   for field in ("train_images", "train_labels", "test_images", "test_labels"):
     value = getattr(arrays, field)
     assert value.dtype == np.uint8
     np.testing.assert_array_equal(value, written[field].reshape(value.shape))
-  small = data.load_mnist(tmp_path, max_examples=5)
+  small = data.load_mnist(tmp_path, max_examples=5, allow_nonstandard_counts=True)
   assert small.train_images.shape == (5, 784) and small.test_labels.shape == (5,)
   np.testing.assert_array_equal(small.train_images, arrays.train_images[:5])
-  with pytest.raises(data.DataError, match="max_examples"):
-    data.load_mnist(tmp_path, max_examples=0)
+  for bad in (0, 2.5, True, "5"):
+    with pytest.raises(data.DataError, match="max_examples"):
+      data.load_mnist(tmp_path, max_examples=bad, allow_nonstandard_counts=True)
 
 
 def test_load_mnist_uncompressed_files(tmp_path):
@@ -146,17 +179,46 @@ def test_load_mnist_uncompressed_files(tmp_path):
   for field, name in data.MNIST_FILES.items():
     (tmp_path / name).unlink()
     write_idx(tmp_path / name.removesuffix(".gz"), written[field], compress=False)
-  assert data.load_mnist(tmp_path).train_images.shape == (20, 784)
+  assert data.load_mnist(tmp_path, allow_nonstandard_counts=True).train_images.shape == (20, 784)
 
 
 def test_load_mnist_count_mismatch_and_swapped_files(tmp_path):
   write_mnist_dir(tmp_path, num_train=20)
   write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(19))
   with pytest.raises(data.DataError, match="20 train images but labels of shape"):
-    data.load_mnist(tmp_path)
+    data.load_mnist(tmp_path, allow_nonstandard_counts=True)
   write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((19, 14, 14)))
   with pytest.raises(data.DataError, match="expected 28x28"):
+    data.load_mnist(tmp_path, allow_nonstandard_counts=True)
+
+
+def test_load_mnist_wants_mnists_counts_unless_told_otherwise(tmp_path):
+  write_mnist_dir(tmp_path, num_train=20, num_test=7)
+  with pytest.raises(data.DataError, match=r"20 training and 7 test images, but MNIST has 60,000 and 10,000\. "
+                     r"To use other data, pass allow_nonstandard_counts=True \(the CLI: --allow-nonstandard-counts\)"):
     data.load_mnist(tmp_path)
+
+
+def test_train_and_test_files_of_swapped_counts_look_swapped(tmp_path):
+  write_mnist_dir(tmp_path, num_train=10_000, num_test=60_000, zeros=True)
+  with pytest.raises(data.DataError, match="10,000 training and 60,000 test images; the train and test files look "
+                     "swapped"):
+    data.load_mnist(tmp_path)
+  assert len(data.load_mnist(tmp_path, allow_nonstandard_counts=True).test_images) == 60_000  # not MNIST's
+
+
+@pytest.mark.parametrize("swaps", [{"train-images-idx3-ubyte.gz": "t10k-images-idx3-ubyte.gz",
+                                    "t10k-images-idx3-ubyte.gz": "train-images-idx3-ubyte.gz"},
+                                   {"train-images-idx3-ubyte.gz": "train-labels-idx1-ubyte.gz",
+                                    "train-labels-idx1-ubyte.gz": "train-images-idx3-ubyte.gz"}])
+def test_canonical_files_under_each_others_names_are_refused(tmp_path, swaps):
+  """Even with other counts allowed: a canonical file's sha256 gives it away."""
+  for name in data.MNIST_FILES.values():
+    shutil.copy(REPOSITORY_MNIST / swaps.get(name, name), tmp_path / name)
+  first = next(iter(swaps))
+  with pytest.raises(data.DataError, match=f"{first}' is the canonical {swaps[first]} \\(by its sha256\\): the "
+                     "MNIST files look swapped"):
+    data.load_mnist(tmp_path, allow_nonstandard_counts=True)
 
 
 def test_without_a_data_directory_tensorflow_datasets_downloads_mnist(monkeypatch):
@@ -169,9 +231,12 @@ def test_without_a_data_directory_tensorflow_datasets_downloads_mnist(monkeypatc
             for n in (12, 4)]
 
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(load=fake_load))
-  arrays = data.load_mnist(max_examples=10)
+  arrays = data.load_mnist(max_examples=10, allow_nonstandard_counts=True)
   assert arrays.train_images.shape == (10, 784) and arrays.test_images.shape == (4, 784)
   assert arrays.train_labels.dtype == np.uint8 and arrays.train_images.dtype == np.uint8
+  with pytest.raises(data.DataError, match="tensorflow_datasets: 12 training and 4 test images.*"
+                     "allow_nonstandard_counts=True"):
+    data.load_mnist(max_examples=10)
 
 
 @pytest.mark.parametrize("tfds", ["offline", "not installed"])
@@ -214,6 +279,15 @@ def test_the_repositorys_mnist_is_the_canonical_mnist():
   assert abs(arrays.train_images.mean() / 255.0 - 0.13066) < 1e-4
   train, validation = data.split_validation(arrays.train_images)
   assert train.shape == (50000, 784) and validation.shape == (10000, 784)
+
+
+def test_load_mnist_reads_each_file_once_and_truncates_mnist(monkeypatch):
+  reads = []
+  read_bytes = pathlib.Path.read_bytes
+  monkeypatch.setattr(pathlib.Path, "read_bytes", lambda path: reads.append(path.name) or read_bytes(path))
+  arrays = data.load_mnist(REPOSITORY_MNIST, max_examples=100)  # MNIST's counts; the truncation comes after
+  assert sorted(reads) == sorted(data.MNIST_FILES.values())
+  assert arrays.train_images.shape == (100, 784) and arrays.test_labels.shape == (100,)
 
 
 # Splits.

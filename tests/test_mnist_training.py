@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import tf_keras
 
+from conftest import SMALL_NETWORK, FirstEpoch, PoisonWeights, tiny, tiny_flags
 from tfggm.mnist import cli
 from tfggm.mnist.config import ConfigError, VAEConfig
 from tfggm.mnist.data import IMAGE_SHAPE
 from tfggm.mnist.networks import build_vae
 from tfggm.mnist.training import train
-
-SMALL = dict(hidden_units=(16,), batch_size=50, warmup_epochs=1)
 
 
 class _KillAt(tf_keras.callbacks.Callback):
@@ -33,26 +32,20 @@ class _KillAt(tf_keras.callbacks.Callback):
       raise RuntimeError("simulated kill")
 
 
-class _FirstEpoch(tf_keras.callbacks.Callback):
-  def on_epoch_begin(self, epoch, logs=None):
-    if not hasattr(self, "epoch"):
-      self.epoch, self.weights = epoch, [w.copy() for w in self.model.get_weights()]
-
-
 def test_a_killed_run_resumes_at_the_next_epoch_with_the_same_weights(tiny_mnist, tmp_path):
-  config = VAEConfig(posterior="chain", epochs=3, **SMALL)
+  config = VAEConfig(posterior="chain", epochs=3, **SMALL_NETWORK)
   kill = _KillAt(1)
   with pytest.raises(RuntimeError, match="simulated kill"):
-    train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(kill,))
-  first = _FirstEpoch()
-  summary = train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(first,))
+    train(config, tmp_path, **tiny(tiny_mnist), verbose=0, callbacks=(kill,))
+  first = FirstEpoch()
+  summary = train(config, tmp_path, **tiny(tiny_mnist), verbose=0, callbacks=(first,))
   assert first.epoch == 1
   for restored, saved in zip(first.weights, kill.weights):
     np.testing.assert_array_equal(restored, saved)
   assert summary["epochs_run"] == 3
   tracked = json.loads((tmp_path / "tracked_posterior.json").read_text())
   assert sorted(tracked) == ["0", "1", "2"] and len(tracked["2"]["loc"]) == 16
-  assert not any((tmp_path / "backup").iterdir())  # the backup is deleted once training completed
+  assert not (tmp_path / "backup").exists()  # the backup is removed once training completed
   assert any((tmp_path / "logs" / "extras").iterdir())
 
 
@@ -68,7 +61,7 @@ def test_several_steps_per_execution_give_the_same_training_as_one(tiny_mnist, t
   histories, weights = [], []
   for steps in (1, 3):
     run = tmp_path / f"steps{steps}"
-    train(VAEConfig(posterior="band4", epochs=2, steps_per_execution=steps, **SMALL), run, data_dir=tiny_mnist,
+    train(VAEConfig(posterior="band4", epochs=2, steps_per_execution=steps, **SMALL_NETWORK), run, **tiny(tiny_mnist),
           verbose=0)
     histories.append(np.genfromtxt(run / "history.csv", delimiter=",", names=True))
     with h5py.File(run / "final.weights.h5") as file:
@@ -79,31 +72,31 @@ def test_several_steps_per_execution_give_the_same_training_as_one(tiny_mnist, t
   for name, value in weights[0].items():
     np.testing.assert_allclose(weights[1][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
   assert not np.allclose(histories[0]["elbo"][0], histories[0]["elbo"][1])  # the epochs differ: a real trajectory
-  model = build_vae(VAEConfig(steps_per_execution=3, **SMALL), IMAGE_SHAPE)
+  model = build_vae(VAEConfig(steps_per_execution=3, **SMALL_NETWORK), IMAGE_SHAPE)
   assert int(model._steps_per_execution) == 3  # the flag is used
 
 
 def test_a_run_directory_with_another_configuration_is_refused(tiny_mnist, tmp_path):
-  train(VAEConfig(posterior="diagonal", epochs=1, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0)
+  train(VAEConfig(posterior="diagonal", epochs=1, **SMALL_NETWORK), tmp_path, **tiny(tiny_mnist), verbose=0)
   with pytest.raises(ConfigError, match="different configuration.*posterior"):
-    train(VAEConfig(posterior="chain", epochs=1, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0)
+    train(VAEConfig(posterior="chain", epochs=1, **SMALL_NETWORK), tmp_path, **tiny(tiny_mnist), verbose=0)
 
 
 def test_a_killed_run_resumes_with_another_steps_per_execution_but_not_another_model(tiny_mnist, tmp_path):
-  config = VAEConfig(posterior="chain", epochs=3, **SMALL)
+  config = VAEConfig(posterior="chain", epochs=3, **SMALL_NETWORK)
   kill = _KillAt(1)
   with pytest.raises(RuntimeError, match="simulated kill"):
-    train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(kill,))
+    train(config, tmp_path, **tiny(tiny_mnist), verbose=0, callbacks=(kill,))
   with pytest.raises(ConfigError, match="different configuration.*seed"):
-    train(dataclasses.replace(config, seed=1), tmp_path, data_dir=tiny_mnist, verbose=0)
+    train(dataclasses.replace(config, seed=1), tmp_path, **tiny(tiny_mnist), verbose=0)
   faster = dataclasses.replace(config, steps_per_execution=4)
-  first = _FirstEpoch()
-  assert train(faster, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(first,))["epochs_run"] == 3
+  first = FirstEpoch()
+  assert train(faster, tmp_path, **tiny(tiny_mnist), verbose=0, callbacks=(first,))["epochs_run"] == 3
   assert first.epoch == 1  # resumed, not restarted
   for restored, saved in zip(first.weights, kill.weights):
     np.testing.assert_array_equal(restored, saved)
   assert VAEConfig.load(tmp_path / "config.json") == faster  # the record follows the resumed run
-  assert train(config, tmp_path, data_dir=tiny_mnist, verbose=0)["epochs_run"] == 3  # completed: not trained
+  assert train(config, tmp_path, **tiny(tiny_mnist), verbose=0)["epochs_run"] == 3  # completed: not trained
   assert VAEConfig.load(tmp_path / "config.json") == faster  # ... so its record stays how it ran
 
 
@@ -115,11 +108,11 @@ def _tfggm(*args):
 def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
   run = tmp_path / "run"
   small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1"]
-  assert _tfggm("train", run, "--data-dir", tiny_mnist, "--posterior", "extended_grid", "--epochs", 2,
+  assert _tfggm("train", run, *tiny_flags(tiny_mnist), "--posterior", "extended_grid", "--epochs", 2,
                 "--progress", "none", *small) == 0
   out = capsys.readouterr().out
   assert "TensorBoard logs" in out and "best validation ELBO" in out
-  assert _tfggm("evaluate", run, "--data-dir", tiny_mnist, "--num-samples", 20, "--chunk-size", 7) == 0
+  assert _tfggm("evaluate", run, *tiny_flags(tiny_mnist), "--num-samples", 20, "--chunk-size", 7) == 0
   report = json.loads((run / "evaluation.json").read_text())
   assert report["test_log_likelihood"]["num_examples"] == 40
   assert report["test_log_likelihood"]["mean"] >= report["test_elbo"]["mean"] - 3 * report["test_elbo"]["stderr"]
@@ -156,11 +149,16 @@ def _serve_in_fresh_process(path, bandwidth):
         nan_error = None
       except tf.errors.InvalidArgumentError as error:
         nan_error = error.message
+      try:
+        model.signatures["decode"](z=tf.fill([1, 16], np.nan))
+        nan_z_error = None
+      except tf.errors.InvalidArgumentError as error:
+        nan_z_error = error.message
       print(json.dumps(dict(
           signatures=sorted(model.signatures),
           shapes={{k: v.shape.as_list() for k, v in {{**out, **decoded, **sampled}}.items()}},
           finite=bool(all(np.all(np.isfinite(v)) for v in out.values())),
-          nan_error=nan_error,
+          nan_error=nan_error, nan_z_error=nan_z_error,
           imported=sorted(m for m in sys.modules if m.startswith(("tfggm", "tensorflow_probability"))))))
   """)
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -171,7 +169,8 @@ def _serve_in_fresh_process(path, bandwidth):
   assert report["shapes"]["loc"] == [3, 16] and report["shapes"]["bands"] == [3, bandwidth + 1, 16]
   assert report["shapes"]["sample"] == [3, 16] and report["shapes"]["log_prob"] == [3]
   assert report["shapes"]["logits"] == [3, 784] and report["shapes"]["images"] == [4, 784]
-  assert report["finite"] and "NaN" in report["nan_error"]
+  assert report["finite"] and "images contains NaN or Inf" in report["nan_error"]
+  assert "decode: z contains NaN or Inf" in report["nan_z_error"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -196,36 +195,26 @@ def test_corrupt_data_file_is_a_user_error(tiny_mnist, tmp_path, capsys):
   assert "train-images" in capsys.readouterr().err
 
 
-class _PoisonWeights(tf_keras.callbacks.Callback):
-  """Makes the loss NaN in the second epoch, as a diverging run would."""
-
-  def on_epoch_begin(self, epoch, logs=None):
-    if epoch == 1:
-      weights = self.model.get_weights()
-      weights[0][:] = np.nan
-      self.model.set_weights(weights)
-
-
 def test_a_completed_run_is_not_trained_again(tiny_mnist, tmp_path):
-  config = VAEConfig(posterior="chain", epochs=2, **SMALL)
-  summary = train(config, tmp_path, data_dir=tiny_mnist, verbose=0)
+  config = VAEConfig(posterior="chain", epochs=2, **SMALL_NETWORK)
+  summary = train(config, tmp_path, **tiny(tiny_mnist), verbose=0)
   history = (tmp_path / "history.csv").read_text()
-  first = _FirstEpoch()
-  assert train(config, tmp_path, data_dir=tiny_mnist, verbose=0, callbacks=(first,)) == summary
+  first = FirstEpoch()
+  assert train(config, tmp_path, **tiny(tiny_mnist), verbose=0, callbacks=(first,)) == summary
   assert not hasattr(first, "epoch") and (tmp_path / "history.csv").read_text() == history
 
 
 def test_a_diverging_run_stops_with_an_error_and_keeps_its_best_checkpoint(tiny_mnist, tmp_path):
   from tfggm.mnist.training import TrainingDiverged
   with pytest.raises(TrainingDiverged, match="NaN in epoch 2"):
-    train(VAEConfig(posterior="diagonal", epochs=3, **SMALL), tmp_path, data_dir=tiny_mnist, verbose=0,
-          callbacks=(_PoisonWeights(),))
+    train(VAEConfig(posterior="diagonal", epochs=3, **SMALL_NETWORK), tmp_path, **tiny(tiny_mnist), verbose=0,
+          callbacks=(PoisonWeights(1),))
   assert (tmp_path / "best.weights.h5").exists() and not (tmp_path / "final.weights.h5").exists()
 
 
 def test_bad_data_leaves_the_run_directory_unclaimed(tmp_path):
   with pytest.raises(Exception, match="is not a directory"):
-    train(VAEConfig(epochs=1, **SMALL), tmp_path / "run", data_dir=tmp_path / "nowhere", verbose=0)
+    train(VAEConfig(epochs=1, **SMALL_NETWORK), tmp_path / "run", data_dir=tmp_path / "nowhere", verbose=0)
   assert not (tmp_path / "run" / "config.json").exists()
 
 
@@ -239,7 +228,7 @@ def test_non_positive_counts_are_usage_errors(args, capsys):
 
 def test_export_to_a_file_is_a_user_error(tiny_mnist, tmp_path, capsys):
   run = tmp_path / "run"
-  train(VAEConfig(posterior="diagonal", epochs=1, **SMALL), run, data_dir=tiny_mnist, verbose=0)
+  train(VAEConfig(posterior="diagonal", epochs=1, **SMALL_NETWORK), run, **tiny(tiny_mnist), verbose=0)
   (tmp_path / "a_file").write_text("x")
   assert cli.main(["export", str(run), "--to", str(tmp_path / "a_file")]) == 2
   assert "Traceback" not in capsys.readouterr().err
@@ -264,9 +253,9 @@ def test_history_summary_keeps_the_last_record_of_a_resumed_epoch_and_a_robust_e
 def test_a_cli_run_trained_under_xla_stores_the_flag_and_evaluates_and_exports(tiny_mnist, tmp_path):
   run = tmp_path / "run"
   small = ["--hidden-units", "16", "--batch-size", "50", "--warmup-epochs", "1", "--epochs", 1, "--progress", "none"]
-  assert _tfggm("train", run, "--data-dir", tiny_mnist, "--posterior", "chain", "--jit-compile", *small) == 0
+  assert _tfggm("train", run, *tiny_flags(tiny_mnist), "--posterior", "chain", "--jit-compile", *small) == 0
   assert json.loads((run / "config.json").read_text())["jit_compile"] is True
-  assert _tfggm("evaluate", run, "--data-dir", tiny_mnist, "--num-samples", 4, "--max-test", 20) == 0
+  assert _tfggm("evaluate", run, *tiny_flags(tiny_mnist), "--num-samples", 4, "--max-test", 20) == 0
   assert np.isfinite(json.loads((run / "evaluation.json").read_text())["test_log_likelihood"]["mean"])
   assert _tfggm("export", run, "--to", tmp_path / "export") == 0
   assert (tmp_path / "export" / "1" / "saved_model.pb").exists()

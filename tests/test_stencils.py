@@ -21,7 +21,7 @@ def _dense_pattern(height, width, neighbours):
   return pattern
 
 
-@pytest.mark.parametrize("height,width", [(1, 5), (3, 4), (4, 4), (5, 2)])
+@pytest.mark.parametrize("height,width", [(1, 5), (3, 4), (4, 4), (5, 2), (4, 1), (1, 1)])
 @pytest.mark.parametrize("name,neighbours", [
     ("grid", [(0, -1), (-1, 0)]),
     ("extended_grid", [(0, -1), (-1, -1), (-1, 0), (-1, 1)]),
@@ -30,6 +30,29 @@ def test_grid_presets_match_geometry(name, neighbours, height, width):
   stencil = getattr(stencils, name)(height, width)
   pattern = dense_lower(stencil.mask.astype(float)) != 0
   np.testing.assert_array_equal(pattern, _dense_pattern(height, width, neighbours))
+
+
+@pytest.mark.parametrize("name", ["grid", "extended_grid"])
+def test_grids_one_node_wide_or_high_are_chains(name):
+  """Width 1: the upper neighbour is at lag 1; height 1: the left one is. Both are chain(n)."""
+  preset = getattr(stencils, name)
+  assert preset(5, 1) == stencils.chain(5) and preset(1, 5) == stencils.chain(5)
+  assert preset(1, 1) == stencils.diagonal(1)
+  assert stencils.from_config(preset(5, 1).get_config()) == stencils.chain(5)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: stencils.grid(0, 3), r"positive sizes; got \(0, 3\)"),
+    (lambda: stencils.grid(3, -1), r"positive sizes; got \(3, -1\)"),
+    (lambda: stencils.extended_grid(2, 0), r"positive sizes; got \(2, 0\)"),
+    (lambda: stencils.grid(2.5, 3), r"of integers.*got \(2\.5, 3\)"),
+    (lambda: stencils.chain(0), r"positive sizes; got 0"),
+    (lambda: stencils.band(4, 1.5), r"bandwidth must be an integer >= 0; got 1\.5"),
+    (lambda: stencils.Stencil(np.zeros((0, 3), bool)), r"b \+ 1 >= 1 and n >= 1; got shape \(0, 3\)"),
+])
+def test_bad_sizes_raise_naming_them(call, message):
+  with pytest.raises(ValueError, match=message):
+    call()
 
 
 def test_one_dimensional_presets():
@@ -68,6 +91,19 @@ def test_bands_from_values_gradient_is_the_transposed_gather(stencil):
     ((3, 3), [(-1, 3)], "whole row"),
     ((3, 3), [-1], "offsets \\(dr, dc\\)"),
     ((0, 3), [], "positive sizes"),
+    (5, [-1.5], r"offsets -k made of integers.*got -1\.5"),  # was silently lag 1
+    (5, [-1.0], r"offsets -k made of integers.*got -1\.0"),
+    (5, [np.nan], r"offsets -k made of integers.*got nan"),
+    (5, [True], r"offsets -k made of integers.*got True"),
+    (5, ["-1"], r"offsets -k made of integers.*got '-1'"),
+    (5, [0], r"Offset 0 is not strictly in the past"),
+    (5, [(0, -1)], r"1-D stencil takes offsets -k.*got \(0, -1\)"),
+    (5, -1, r"offsets must be a sequence of offsets; got -1"),
+    ((3, 3), [(-0.5, 0)], r"offsets \(dr, dc\) made of integers.*got \(-0\.5, 0\)"),
+    ((3, 3), [(0, 0, -1)], r"offsets \(dr, dc\).*got \(0, 0, -1\)"),
+    ((3, 3), [(0, 0)], r"Offset \(0, 0\) is not strictly in the past"),
+    ((3, 3, 3), [], r"n, \(n,\) or \(h, w\).*got \(3, 3, 3\)"),
+    (5.5, [], r"of integers.*got 5\.5"),
 ])
 def test_bad_offsets_raise(shape, offsets, message):
   with pytest.raises(ValueError, match=message):
@@ -77,6 +113,10 @@ def test_bad_offsets_raise(shape, offsets, message):
 def test_wrong_number_of_values_names_the_shapes():
   with pytest.raises(ValueError, match=r"17 free values; got values of shape \(2, 16\)"):
     stencils.chain(9).bands_from_values(np.zeros((2, 16)))
+  unknown = tf.function(stencils.chain(3).bands_from_values, input_signature=[tf.TensorSpec([None, None])])
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[2,7\] is not compatible with expected shape \[\?,5\]"):
+    unknown(tf.zeros([2, 7]))  # extra values were silently dropped
+  np.testing.assert_array_equal(unknown(tf.ones([2, 5]))[:, 0], 1.0)
 
 
 def test_bands_with_the_wrong_number_of_rows_name_the_shapes():

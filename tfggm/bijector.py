@@ -12,15 +12,26 @@ from tfggm.linalg import _bands
 __all__ = ["PrecisionFactorSolve"]
 
 
-def _diagonal_assertions(bands: tf.Tensor, what: str = "precision_factor_bands") -> list:
-  """Assertions that the diagonal of L (bands[..., 0, :]) is finite and positive."""
-  diagonal = bands[..., 0, :]
-  return [
-      tf.debugging.assert_all_finite(
-          diagonal, message=f"{what}: the diagonal of L (bands[..., 0, :]) has NaN or Inf entries"),
-      tf.debugging.assert_positive(
-          diagonal, message=f"{what}: the diagonal of L (bands[..., 0, :]) must be positive"),
-  ]
+def floating_dtype(owner: str, **parameters) -> tf.DType:
+  """The one dtype of the parameters, as TFP's `dtype_util.common_dtype` finds it (float32 for Python numbers).
+
+  Raises:
+    TypeError: naming each parameter's dtype, when they differ or are not floating (TFP's distributions
+      refuse integer parameters too).
+  """
+  try:
+    dtype = dtype_util.common_dtype(list(parameters.values()), dtype_hint=tf.float32)
+  except TypeError:  # dtypes that differ
+    dtype = None
+  if dtype is None or not dtype_util.is_floating(dtype):
+    given = ", ".join(f"{name} of dtype {_dtype_name(value)}" for name, value in parameters.items())
+    raise TypeError(f"{owner}: got {given}; the parameters need one floating dtype (float32 or float64).")
+  return tf.as_dtype(dtype)
+
+
+def _dtype_name(value) -> str:
+  dtype = getattr(value, "dtype", None)
+  return "none (a Python value)" if dtype is None else tf.as_dtype(dtype).name
 
 
 class PrecisionFactorSolve(tfp.bijectors.Bijector):
@@ -35,16 +46,20 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
   inverse(y)  = L^T y           banded matvec, O(n R)
   log|det J|  = -sum_i log L_ii (constant Jacobian)
   ```
+
+  x and y are [..., n]: a last dimension other than n, or leading dimensions that do not broadcast with the
+  bands' batch shape, raise ValueError (static shapes); with `validate_args=True`, a width unknown statically
+  is asserted at run time, and every entry of the bands must be finite and the diagonal positive.
   """
 
   def __init__(self, precision_factor_bands, lags=None, validate_args: bool = False,
                name: str = "precision_factor_solve"):
     parameters = dict(locals())
     with tf.name_scope(name) as name:
-      dtype = dtype_util.common_dtype([precision_factor_bands], dtype_hint=tf.float32)
+      dtype = floating_dtype(type(self).__name__, precision_factor_bands=precision_factor_bands)
       self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
           precision_factor_bands, dtype=dtype, name="precision_factor_bands")
-      _bands.check_bands(self._precision_factor_bands)
+      self._n, _ = _bands.check_bands(self._precision_factor_bands)
       self._lags = _bands.resolve_lags(self._precision_factor_bands, lags)
       super().__init__(forward_min_event_ndims=1, is_constant_jacobian=True, dtype=dtype,
                        validate_args=validate_args, parameters=parameters, name=name)
@@ -64,11 +79,18 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
     """The lag of each row of `precision_factor_bands`."""
     return self._lags
 
+  def _vector_assertions(self, x: tf.Tensor, what: str) -> list:
+    return _bands.check_vector(type(self).__name__, what, x, self._n, self._precision_factor_bands.shape[:-2],
+                               self.validate_args)
+
   def _forward(self, x):
-    return linalg.solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True, lags=self._lags)
+    with tf.control_dependencies(self._vector_assertions(x, "x")):
+      return linalg.solve_vec(tf.convert_to_tensor(self._precision_factor_bands), x, transpose=True,
+                              lags=self._lags)
 
   def _inverse(self, y):
-    return linalg.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y, lags=self._lags)
+    with tf.control_dependencies(self._vector_assertions(y, "y")):
+      return linalg.matvec_transpose(tf.convert_to_tensor(self._precision_factor_bands), y, lags=self._lags)
 
   def _forward_log_det_jacobian(self, x):
     return -_bands.log_determinant(self._precision_factor_bands)
@@ -77,5 +99,5 @@ class PrecisionFactorSolve(tfp.bijectors.Bijector):
     if not self.validate_args:
       return []
     if is_init != tensor_util.is_ref(self._precision_factor_bands):
-      return _diagonal_assertions(tf.convert_to_tensor(self._precision_factor_bands))
+      return _bands.factor_assertions(type(self).__name__, tf.convert_to_tensor(self._precision_factor_bands))
     return []

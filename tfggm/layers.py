@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
 from tfggm import parameterizations, stencils
 from tfggm.distributions import GaussianGraphicalModel, MultivariateLogitNormal
+from tfggm.distributions.ggm import point_assertions
+from tfggm.distributions.logit_normal import check_alpha
 
 tfd = tfp.distributions
 
@@ -26,6 +30,11 @@ class _DistributionLayer(tfp.layers.DistributionLambda):
 
   The output is a distribution that also acts as a tensor downstream, through
   `convert_to_tensor_fn` ("sample", "mean" or "mode").
+
+  The parameter tensor must be floating, [..., params_size]: another width raises ValueError when it is static
+  and fails a run-time assertion otherwise (extra values are never silently ignored). With
+  `validate_args=True`, parameters with NaN or Inf entries fail at run time, and the distribution checks its
+  own parameters and the x given to `log_prob`.
   """
 
   def __init__(self, convert_to_tensor_fn: str = "sample", validate_args: bool = False, **kwargs):
@@ -47,10 +56,22 @@ class _DistributionLayer(tfp.layers.DistributionLambda):
     return result
 
   def _check_params(self, params: tf.Tensor, expected: int) -> tf.Tensor:
+    """params [..., expected], floating; the width is asserted at run time when it is not static (and set
+    statically after), the values are checked finite under validate_args."""
     params = tf.convert_to_tensor(params)
-    if params.shape[-1] is not None and params.shape[-1] != expected:
-      raise ValueError(f"{type(self).__name__} '{self.name}' takes parameters [..., {expected}] "
-                       f"(params_size); got shape {params.shape}.")
+    owner = f"{type(self).__name__} '{self.name}'"
+    if not params.dtype.is_floating:
+      raise TypeError(f"{owner} takes floating parameters; got dtype {params.dtype.name}.")
+    takes = f"{owner} takes parameters [..., {expected}] (params_size)"
+    if params.shape.rank == 0 or params.shape[-1] not in (None, expected):
+      raise ValueError(f"{takes}; got shape {params.shape}.")
+    if params.shape.rank is None or params.shape[-1] is None:
+      width = tf.shape(params)[-1]
+      with tf.control_dependencies([tf.debugging.Assert(tf.equal(width, expected), [f"{takes}; got width", width])]):
+        # ensure_shape checks under XLA too, which drops assertions.
+        params = tf.ensure_shape(params, params.shape[:-1].concatenate([expected]))
+    if self._validate_args:
+      params = tf.debugging.assert_all_finite(params, message=f"{owner}: the parameters have NaN or Inf entries")
     return params
 
   def _distribution(self, params):
@@ -73,12 +94,14 @@ class _StencilLayer(_DistributionLayer):
                diagonal_floor: float = 1e-3, **kwargs):
     if isinstance(stencil, dict):
       stencil = stencils.from_config(stencil)
+    if not isinstance(stencil, stencils.Stencil):
+      raise TypeError(f"stencil must be a tfggm.stencils.Stencil or its config dict; got {stencil!r}.")
     if parameterization not in _PARAMETERIZATIONS:
       raise ValueError(f"parameterization must be one of {sorted(_PARAMETERIZATIONS)}; "
                        f"got {parameterization!r}.")
     self._stencil = stencil
     self._parameterization = parameterization
-    self._diagonal_floor = diagonal_floor
+    self._diagonal_floor = parameterizations.check_diagonal_floor(diagonal_floor)
     super().__init__(**kwargs)
 
   @property
@@ -148,7 +171,7 @@ class MultivariateLogitNormalLayer(_StencilLayer):
   """
 
   def __init__(self, stencil: stencils.Stencil | dict, alpha: float = 0.01, **kwargs):
-    self._alpha = alpha
+    self._alpha = check_alpha(alpha)
     super().__init__(stencil, **kwargs)
 
   def _distribution(self, params):
@@ -170,10 +193,10 @@ class _BernoulliPixels(tfd.Independent):
   """
 
   def _sample_control_dependencies(self, x):
+    assertions = point_assertions("IndependentBernoulli", self, x)
     if not self.validate_args:
-      return []
-    return [
-        tf.debugging.assert_all_finite(x, message="IndependentBernoulli: x has NaN or Inf entries"),
+      return assertions
+    return assertions + [
         tf.debugging.assert_greater_equal(x, tf.zeros([], x.dtype),
                                           message="IndependentBernoulli: x must be in [0, 1], found x < 0"),
         tf.debugging.assert_less_equal(x, tf.ones([], x.dtype),
@@ -191,7 +214,9 @@ class IndependentBernoulliLayer(_DistributionLayer):
   """
 
   def __init__(self, event_size: int, convert_to_tensor_fn: str = "mean", **kwargs):
-    self._event_size = event_size
+    if not isinstance(event_size, numbers.Integral) or isinstance(event_size, bool) or event_size < 1:
+      raise ValueError(f"event_size must be a positive integer; got {event_size!r}.")
+    self._event_size = int(event_size)
     super().__init__(convert_to_tensor_fn=convert_to_tensor_fn, **kwargs)
 
   @staticmethod

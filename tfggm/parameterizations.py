@@ -12,6 +12,24 @@ __all__ = ["factor_bands_from_values", "precision_bands_from_values",
            "factor_bands_from_precision_values"]
 
 
+def check_diagonal_floor(diagonal_floor: float) -> float:
+  """The floor as a Python float, which must be finite and >= 0 (a negative one lets L_ii reach 0 or below)."""
+  try:
+    value = float(diagonal_floor)
+  except TypeError:
+    raise TypeError(f"diagonal_floor must be a number >= 0; got {diagonal_floor!r}.") from None
+  if not 0.0 <= value < float("inf"):
+    raise ValueError(f"diagonal_floor must be finite and >= 0; got {diagonal_floor!r}.")
+  return value
+
+
+def _floating(values: tf.Tensor) -> tf.Tensor:
+  values = tf.convert_to_tensor(values)
+  if not values.dtype.is_floating:
+    raise TypeError(f"values must be floating (float32 or float64); got dtype {values.dtype.name}.")
+  return values
+
+
 def factor_bands_from_values(stencil: Stencil, values: tf.Tensor,
                              diagonal_floor: float = 1e-3, active_lags_only: bool = False) -> tf.Tensor:
   """(a) Factor values: free entries of L, the diagonal made positive.
@@ -32,10 +50,14 @@ def factor_bands_from_values(stencil: Stencil, values: tf.Tensor,
 
   Returns:
     compact bands of L, [..., b + 1, n] (or [..., len(stencil.active_lags), n]).
+
+  Raises:
+    TypeError: on values that are not floating.
+    ValueError: on a negative diagonal_floor, or values of another width (`Stencil.bands_from_values`).
   """
-  values = tf.convert_to_tensor(values)
+  values = _floating(values)
   n = stencil.n
-  diagonal = tf.nn.softplus(values[..., :n]) + tf.constant(diagonal_floor, values.dtype)
+  diagonal = tf.nn.softplus(values[..., :n]) + tf.constant(check_diagonal_floor(diagonal_floor), values.dtype)
   return stencil.bands_from_values(tf.concat([diagonal, values[..., n:]], axis=-1), active_lags_only)
 
 
@@ -56,15 +78,20 @@ def precision_bands_from_values(stencil: Stencil, values: tf.Tensor,
 
   Returns:
     lower bands of P, [..., b + 1, n].
+
+  Raises:
+    TypeError: on values that are not floating.
+    ValueError: on a negative diagonal_floor, or values of another width (`Stencil.bands_from_values`).
   """
-  values = tf.convert_to_tensor(values)
+  values = _floating(values)
   n = stencil.n
   off_diagonal = stencil.bands_from_values(
       tf.concat([tf.zeros_like(values[..., :n]), values[..., n:]], axis=-1))
   magnitude = tf.abs(off_diagonal)
   row_sums = (tf.reduce_sum(magnitude, axis=-2)
               + tf.reduce_sum(_bands.shift_rows(magnitude, -1), axis=-2))
-  diagonal = row_sums + tf.nn.softplus(values[..., :n]) + tf.constant(diagonal_floor, values.dtype)
+  diagonal = (row_sums + tf.nn.softplus(values[..., :n])
+              + tf.constant(check_diagonal_floor(diagonal_floor), values.dtype))
   return tf.concat([diagonal[..., tf.newaxis, :], off_diagonal[..., 1:, :]], axis=-2)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -38,8 +39,9 @@ class Stencil:
 
   def __init__(self, mask: np.ndarray, name: str = "stencil", offsets_spec: dict | None = None):
     mask = np.array(mask, dtype=bool)
-    if mask.ndim != 2 or mask.shape[1] < 1:
-      raise ValueError(f"A stencil mask is a boolean array [b + 1, n]; got shape {mask.shape}.")
+    if mask.ndim != 2 or min(mask.shape) < 1:
+      raise ValueError(f"A stencil mask is a boolean array [b + 1, n] with b + 1 >= 1 and n >= 1; got shape "
+                       f"{mask.shape}.")
     num_rows, n = mask.shape
     outside = np.arange(n)[None, :] < np.arange(num_rows)[:, None]
     if np.any(mask & outside):
@@ -99,12 +101,19 @@ class Stencil:
     `lags=stencil.active_lags` to the kernels and distributions). Entries
     outside the stencil are exactly zero. One gather: O(n b) (or O(n R)) time
     and memory, differentiable (the gradient is the matching gather-transpose).
+
+    Raises:
+      ValueError: when the static width of values is not num_params. A width unknown statically is checked
+        when the values arrive (InvalidArgumentError): extra values are never silently dropped.
     """
     values = tf.convert_to_tensor(values)
-    if values.shape[-1] is not None and values.shape[-1] != self.num_params:
+    width = values.shape[-1] if values.shape.rank else None
+    if values.shape.rank == 0 or width not in (None, self.num_params):
       raise ValueError(
           f"Stencil '{self.name}' has {self.num_params} free values; got values of shape "
           f"{values.shape}.")
+    if width is None:
+      values = tf.ensure_shape(values, values.shape[:-1].concatenate([self.num_params]))
     padded = tf.concat([values, tf.zeros_like(values[..., :1])], axis=-1)
     index_map = self._index_map[list(self.active_lags)] if active_lags_only else self._index_map
     return tf.gather(padded, index_map, axis=-1)
@@ -148,8 +157,15 @@ def from_offsets(shape: int | Sequence[int], offsets: Sequence, name: str = "cus
   index r * w + c. An offset (dr, dc) links node (r, c) to (r + dr, c + dc),
   i.e. it frees L[i, i - k] with lag k = -(dr * w + dc), when that neighbour lies
   inside the grid (no wrap-around at the borders). On a 1-D shape (n,), an
-  offset is an integer -k. Offsets must point strictly into the past (k > 0)
-  so that L stays lower triangular.
+  offset is an integer -k.
+
+  The contract: sizes are positive integers; every offset is made of integers
+  (int or NumPy integers; not bools, floats or strings), has the dimensionality
+  of the shape (an integer for (n,), a pair for (h, w)), and points strictly
+  into the past (k > 0: dr < 0, or dr = 0 and dc < 0) so that L stays lower
+  triangular; on a grid, |dc| < w. An offset whose neighbour lies outside the
+  grid for every node (k >= n, or |dr| >= h) frees nothing; repeated offsets
+  count once.
 
   Args:
     shape: n, (n,) or (h, w).
@@ -157,32 +173,19 @@ def from_offsets(shape: int | Sequence[int], offsets: Sequence, name: str = "cus
     name: a name for the stencil.
 
   Raises:
-    ValueError: on a bad shape or an offset that is not strictly in the past.
+    ValueError: on a bad shape or offset, naming it.
   """
-  shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
-  if len(shape) not in (1, 2) or min(shape) < 1:
-    raise ValueError(f"Stencil shape must be (n,) or (h, w) with positive sizes; got {shape}.")
-  if len(shape) == 1:
-    offsets_2d = []
-    for offset in offsets:
-      if np.ndim(offset) != 0:
-        raise ValueError(f"A 1-D stencil takes integer offsets -k; got {offset!r}.")
-      offsets_2d.append((0, int(offset)))
-    height, width = 1, shape[0]
-  else:
-    offsets_2d = []
-    for offset in offsets:
-      if np.shape(offset) != (2,):
-        raise ValueError(f"A 2-D stencil takes offsets (dr, dc); got {offset!r}.")
-      offsets_2d.append((int(offset[0]), int(offset[1])))
-    height, width = shape
-  for dr, dc in offsets_2d:
+  shape = _checked_shape(shape)
+  if isinstance(offsets, str | bytes) or not isinstance(offsets, Iterable):
+    raise ValueError(f"offsets must be a sequence of offsets; got {offsets!r}.")
+  offsets_2d = [_offset_as_pair(offset, len(shape)) for offset in offsets]
+  height, width = (1,) * (2 - len(shape)) + shape
+  for offset, (dr, dc) in zip(offsets, offsets_2d):
     if not (dr < 0 or (dr == 0 and dc < 0)):
       raise ValueError(
-          f"Offset {(dr, dc) if len(shape) == 2 else dc} is not strictly in the past in row-major "
-          "order: L must stay lower triangular.")
+          f"Offset {offset!r} is not strictly in the past in row-major order: L must stay lower triangular.")
     if len(shape) == 2 and abs(dc) >= width:
-      raise ValueError(f"Offset {(dr, dc)} reaches across a whole row of a grid of width {width}.")
+      raise ValueError(f"Offset {offset!r} reaches across a whole row of a grid of width {width}.")
   n = height * width
   lags = [-(dr * width + dc) for dr, dc in offsets_2d]
   mask = np.zeros((max(lags, default=0) + 1, n), dtype=bool)
@@ -191,8 +194,30 @@ def from_offsets(shape: int | Sequence[int], offsets: Sequence, name: str = "cus
   for (dr, dc), lag in zip(offsets_2d, lags):
     inside = (rows + dr >= 0) & (rows + dr < height) & (cols + dc >= 0) & (cols + dc < width)
     mask[lag] |= inside
-  spec = dict(shape=list(shape), offsets=[list(o) if len(shape) == 2 else int(o[1]) for o in offsets_2d])
+  spec = dict(shape=list(shape), offsets=[list(o) if len(shape) == 2 else o[1] for o in offsets_2d])
   return Stencil(mask, name=name, offsets_spec=spec)
+
+
+def _is_integer(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _checked_shape(shape) -> tuple[int, ...]:
+  """(n,) or (h, w) of positive integers, from n, (n,) or (h, w)."""
+  sizes = tuple(shape) if isinstance(shape, Sequence | np.ndarray) else (shape,)
+  if len(sizes) not in (1, 2) or not all(_is_integer(size) and size >= 1 for size in sizes):
+    raise ValueError(f"Stencil shape must be n, (n,) or (h, w) of integers, with positive sizes; got {shape!r}.")
+  return tuple(int(size) for size in sizes)
+
+
+def _offset_as_pair(offset, ndim: int) -> tuple[int, int]:
+  """(dr, dc) of an offset -k (ndim 1: (0, -k)) or (dr, dc) (ndim 2), which must be made of integers."""
+  parts = (offset,) if ndim == 1 else tuple(offset) if isinstance(offset, Sequence | np.ndarray) else ()
+  if len(parts) != ndim or not all(_is_integer(part) for part in parts):
+    form = "-k" if ndim == 1 else "(dr, dc)"
+    raise ValueError(f"A {ndim}-D stencil takes offsets {form} made of integers (not bools, floats or strings); "
+                     f"got {offset!r}.")
+  return (0, int(parts[0])) if ndim == 1 else (int(parts[0]), int(parts[1]))
 
 
 def from_config(config: dict) -> Stencil:
@@ -213,8 +238,11 @@ def chain(n: int) -> Stencil:
 
 
 def grid(height: int, width: int) -> Stencil:
-  """L links (r, c) to its left (r, c-1) and upper (r-1, c) neighbours."""
-  return from_offsets((height, width), [(0, -1), (-1, 0)], name="grid")
+  """L links (r, c) to its left (r, c-1) and upper (r-1, c) neighbours.
+
+  A width-1 grid is a chain (the upper neighbour at lag 1), as is a height-1 grid (the left one).
+  """
+  return _grid_preset("grid", height, width, [(0, -1), (-1, 0)])
 
 
 def extended_grid(height: int, width: int) -> Stencil:
@@ -223,12 +251,17 @@ def extended_grid(height: int, width: int) -> Stencil:
   L is lower-block-bidiagonal in blocks of `width`, so P is block-tridiagonal
   (Figure 3 of the paper).
   """
-  offsets = [(0, -1)] + [(-1, dc) for dc in (-1, 0, 1) if abs(dc) < width]
-  return from_offsets((height, width), offsets, name="extended_grid")
+  return _grid_preset("extended_grid", height, width, [(0, -1), (-1, -1), (-1, 0), (-1, 1)])
+
+
+def _grid_preset(name: str, height: int, width: int, offsets: list[tuple[int, int]]) -> Stencil:
+  """`from_offsets` on an (h, w) grid without the offsets |dc| >= w, which have no neighbour on so narrow a grid."""
+  height, width = _checked_shape((height, width))
+  return from_offsets((height, width), [(dr, dc) for dr, dc in offsets if abs(dc) < width], name=name)
 
 
 def band(n: int, bandwidth: int) -> Stencil:
   """Every L[i, i-k] with 1 <= k <= bandwidth free (a full band)."""
-  if bandwidth < 0:
-    raise ValueError(f"bandwidth must be >= 0; got {bandwidth}.")
+  if not _is_integer(bandwidth) or bandwidth < 0:
+    raise ValueError(f"bandwidth must be an integer >= 0; got {bandwidth!r}.")
   return from_offsets(n, [-k for k in range(1, bandwidth + 1)], name=f"band{bandwidth}")

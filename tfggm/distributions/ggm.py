@@ -7,15 +7,38 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.internal import dtype_util, parameter_properties, tensor_util
+from tensorflow_probability.python.internal import parameter_properties, tensor_util
 
 from tfggm import linalg
-from tfggm.bijector import PrecisionFactorSolve
+from tfggm.bijector import PrecisionFactorSolve, floating_dtype
 from tfggm.linalg import _bands
 
 tfd = tfp.distributions
 
 __all__ = ["GaussianGraphicalModel"]
+
+
+def sample_shape_assertions(sample_shape, validate_args: bool) -> list:
+  """Raises ValueError on a sample shape with a negative entry, when static; else asserts it under validate_args."""
+  static = tf.get_static_value(sample_shape)
+  if static is not None:
+    if np.any(np.asarray(static) < 0):
+      raise ValueError(f"sample_shape must have non-negative entries; got {np.asarray(static).tolist()}.")
+    return []
+  if not validate_args:
+    return []
+  return [tf.debugging.assert_non_negative(sample_shape, message="sample_shape must have non-negative entries")]
+
+
+def point_assertions(owner: str, distribution: tfd.Distribution, x: tf.Tensor) -> list:
+  """Checks an x [..., n] given to `log_prob` of a distribution with an event [n]: its width (n exactly) and the
+  broadcasting of its leading dimensions with the batch shape from static shapes (ValueError), a width unknown
+  statically and finite entries under validate_args. `owner` names the distribution in the messages."""
+  assertions = _bands.check_vector(owner, "x", x, distribution.event_shape[-1], distribution.batch_shape,
+                                   distribution.validate_args)
+  if distribution.validate_args:
+    assertions.append(tf.debugging.assert_all_finite(x, message=f"{owner}: x has NaN or Inf entries"))
+  return assertions
 
 
 class GaussianGraphicalModel(tfd.TransformedDistribution):
@@ -35,6 +58,9 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
   `log_prob` then cost O(n R). A stencil (`tfggm.stencils`) fixes which entries
   are free; entries outside it are simply zeros here. Nothing n x n is formed
   except by `covariance` and `precision`, which exist for inspection and tests.
+
+  The x given to `log_prob` is [..., n], not broadcast along the event: another width, or leading dimensions
+  that do not broadcast with the batch shape, raise ValueError naming both shapes.
 
   #### Examples
 
@@ -57,27 +83,31 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
       precision_factor_bands: compact bands of L, [..., R, n], static R and n.
       lags: the lag of each row of the bands, increasing from 0; default
         (0, 1, ..., R - 1). `Stencil.active_lags` gives a stencil's.
-      validate_args: check that the diagonal of L is finite and positive, and that the x given to
-        `log_prob` is finite.
+      validate_args: check at run time that loc and every entry of L are finite and the diagonal of L
+        positive, that the x given to `log_prob` is finite, that a sample shape is non-negative, and the
+        event sizes that static shapes leave open.
       allow_nan_stats: as in every TFP distribution.
       name: name scope of the ops.
 
     Raises:
-      ValueError: when loc's n and the bands' n differ (static shapes), or on bad lags.
+      TypeError: when loc and the bands do not share one floating dtype.
+      ValueError: when loc's n and the bands' n differ or their batch shapes do not broadcast (static
+        shapes), or on bad lags.
     """
     parameters = dict(locals())
     with tf.name_scope(name) as name:
-      dtype = dtype_util.common_dtype([loc, precision_factor_bands], dtype_hint=tf.float32)
+      dtype = floating_dtype(type(self).__name__, loc=loc, precision_factor_bands=precision_factor_bands)
       self._loc = tensor_util.convert_nonref_to_tensor(loc, dtype=dtype, name="loc")
       self._precision_factor_bands = tensor_util.convert_nonref_to_tensor(
           precision_factor_bands, dtype=dtype, name="precision_factor_bands")
       n, _ = _bands.check_bands(self._precision_factor_bands)
-      if self._loc.shape.rank == 0 or self._loc.shape[-1] not in (None, n):
-        raise ValueError(
-            f"loc must have shape [..., n] with n = {n} (from precision_factor_bands of shape "
-            f"{self._precision_factor_bands.shape}); got loc of shape {self._loc.shape}.")
+      bands_shape = self._precision_factor_bands.shape
+      _bands.check_vector(f"{type(self).__name__} with n = {n} (precision_factor_bands of shape {bands_shape})",
+                          "loc", self._loc, n, bands_shape[:-2], validate_args=False)
       self._n = n
-      solve = PrecisionFactorSolve(self._precision_factor_bands, lags=lags, validate_args=validate_args)
+      # The distribution checks the bands (`_parameter_control_dependencies`) and x (`_sample_control_dependencies`)
+      # itself, naming itself in the messages: its bijector need not check them again.
+      solve = PrecisionFactorSolve(self._precision_factor_bands, lags=lags)
       self._lags = solve.lags
       super().__init__(
           distribution=tfd.Sample(tfd.Normal(tf.zeros([], dtype), tf.ones([], dtype)), [n]),
@@ -162,10 +192,27 @@ class GaussianGraphicalModel(tfd.TransformedDistribution):
     return tf.broadcast_to(covariance,
                            tf.concat([self.batch_shape_tensor(), [self._n, self._n]], axis=0))
 
-  def _sample_control_dependencies(self, x):
+  def _call_sample_n(self, sample_shape, seed, **kwargs):
+    with tf.control_dependencies(sample_shape_assertions(sample_shape, self.validate_args)):
+      return super()._call_sample_n(sample_shape, seed, **kwargs)
+
+  def _sample_and_log_prob(self, sample_shape, seed, **kwargs):
+    with tf.control_dependencies(sample_shape_assertions(sample_shape, self.validate_args)):
+      return super()._sample_and_log_prob(sample_shape, seed, **kwargs)
+
+  def _parameter_control_dependencies(self, is_init):
     if not self.validate_args:
       return []
-    return [tf.debugging.assert_all_finite(x, message="GaussianGraphicalModel: x has NaN or Inf entries")]
+    assertions = []
+    if is_init != tensor_util.is_ref(self._loc):
+      assertions.append(_bands.assert_finite(tf.convert_to_tensor(self._loc),
+                                             f"{type(self).__name__}: loc has NaN or Inf entries"))
+    if is_init != tensor_util.is_ref(self._precision_factor_bands):
+      assertions += _bands.factor_assertions(type(self).__name__, tf.convert_to_tensor(self._precision_factor_bands))
+    return assertions
+
+  def _sample_control_dependencies(self, x):
+    return point_assertions(type(self).__name__, self, x)
 
   def _default_event_space_bijector(self):
     return tfp.bijectors.Identity(validate_args=self.validate_args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -35,14 +37,20 @@ def hutchinson_trace(q: GaussianGraphicalModel, weights: tf.Tensor, num_probes: 
 
   Returns:
     the estimate, q's batch shape broadcast with weights' batch shape.
+
+  Raises:
+    ValueError: when num_probes is not a positive integer, or weights is not [..., n] (static shapes).
   """
+  if not isinstance(num_probes, numbers.Integral) or isinstance(num_probes, bool) or num_probes < 1:
+    raise ValueError(f"num_probes must be a positive integer; got {num_probes!r}.")
   seed = tfp.random.sanitize_seed(seed)
-  weights = tf.convert_to_tensor(weights, dtype=q.dtype)
-  shape = tf.concat([[num_probes], tf.shape(q.mean())], axis=0)
-  probes = tfp.random.rademacher(shape, dtype=q.dtype, seed=seed)
-  bands = tf.convert_to_tensor(q.precision_factor_bands)
-  columns = linalg.solve_vec(bands, probes * tf.sqrt(weights), lags=q.lags)
-  return tf.reduce_mean(tf.reduce_sum(tf.square(columns), axis=-1), axis=0)
+  weights = _converted(q, "weights", weights)
+  with tf.control_dependencies(_vector_assertions("hutchinson_trace", q, "weights", weights, q.validate_args)):
+    shape = tf.concat([[num_probes], tf.shape(q.mean())], axis=0)
+    probes = tfp.random.rademacher(shape, dtype=q.dtype, seed=seed)
+    bands = tf.convert_to_tensor(q.precision_factor_bands)
+    columns = linalg.solve_vec(bands, probes * tf.sqrt(weights), lags=q.lags)
+    return tf.reduce_mean(tf.reduce_sum(tf.square(columns), axis=-1), axis=0)
 
 
 def kl_to_diagonal_normal(q: GaussianGraphicalModel, loc: tf.Tensor, scale: tf.Tensor,
@@ -57,18 +65,37 @@ def kl_to_diagonal_normal(q: GaussianGraphicalModel, loc: tf.Tensor, scale: tf.T
   Sigma_ii comes from selected inversion, O(n b^2) and exact; with
   `num_probes=k`, tr(diag(s^-2) Sigma) is instead the Hutchinson estimate of
   `hutchinson_trace` (the paper's stochastic method), O(k n b).
+
+  loc and scale are [..., n], not broadcast along the event (a width-1 scale would count log s once, not n
+  times), with batch dimensions that broadcast with q's.
+
+  Raises:
+    TypeError: when loc or scale has another dtype than q.
+    ValueError: when loc or scale is not [..., n] or does not broadcast with q's batch (static shapes); with
+      q's `validate_args`, a width unknown statically is asserted at run time.
   """
-  loc = tf.convert_to_tensor(loc, dtype=q.dtype)
-  scale = tf.convert_to_tensor(scale, dtype=q.dtype)
-  inverse_variance = tf.math.reciprocal(tf.square(scale))
-  if num_probes is None:
-    trace = tf.reduce_sum(q.variance() * inverse_variance, axis=-1)
-  else:
-    trace = hutchinson_trace(q, inverse_variance, num_probes, seed=seed)
-  mahalanobis = tf.reduce_sum(tf.square(q.mean() - loc) * inverse_variance, axis=-1)
-  n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
-  return (0.5 * (trace + mahalanobis - n) + tf.reduce_sum(tf.math.log(tf.abs(scale)), axis=-1)
-          + _bands.log_determinant(q.precision_factor_bands))
+  return _kl_to_diagonal_normal(q, loc, scale, f"KL({type(q).__name__} || N(loc, diag(scale^2)))", q.validate_args,
+                                num_probes=num_probes, seed=seed)
+
+
+def _kl_to_diagonal_normal(q: GaussianGraphicalModel, loc: tf.Tensor, scale: tf.Tensor, owner: str,
+                           validate_args: bool, num_probes: int | None = None,
+                           seed: tf.Tensor | tuple[int, int] | None = None) -> tf.Tensor:
+  """`kl_to_diagonal_normal`, checking the widths unknown statically under `validate_args`; `owner` names the KL in
+  the messages."""
+  loc, scale = _converted(q, "loc", loc), _converted(q, "scale", scale)
+  assertions = (_vector_assertions(owner, q, "loc", loc, validate_args)
+                + _vector_assertions(owner, q, "scale", scale, validate_args))
+  with tf.control_dependencies(assertions):
+    inverse_variance = tf.math.reciprocal(tf.square(scale))
+    if num_probes is None:
+      trace = tf.reduce_sum(q.variance() * inverse_variance, axis=-1)
+    else:
+      trace = hutchinson_trace(q, inverse_variance, num_probes, seed=seed)
+    mahalanobis = tf.reduce_sum(tf.square(q.mean() - loc) * inverse_variance, axis=-1)
+    n = tf.cast(tf.shape(q.mean())[-1], q.dtype)
+    return (0.5 * (trace + mahalanobis - n) + tf.reduce_sum(tf.math.log(tf.abs(scale)), axis=-1)
+            + _bands.log_determinant(q.precision_factor_bands))
 
 
 def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.Tensor:
@@ -83,7 +110,12 @@ def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.
   P_p only has entries within its bandwidth b_p, so Sigma_q is needed only
   there: selected inversion of L_q to bandwidth max(b_q, b_p). The quadratic
   form is ||L_p^T (mu_p - mu_q)||^2. O(n max(b_q, b_p)^2).
+
+  Raises:
+    TypeError: when q and p have different dtypes.
+    ValueError: when their event sizes n differ or their batch shapes do not broadcast.
   """
+  _check_pair(q, p)
   q_bands, p_bands = q.factor_bands_at_every_lag(), p.factor_bands_at_every_lag()
   width = p.bandwidth
   sigma_q = linalg.selected_inversion(q_bands, bandwidth=max(q.bandwidth, width))[..., : width + 1, :]
@@ -96,10 +128,52 @@ def kl_between_ggms(q: GaussianGraphicalModel, p: GaussianGraphicalModel) -> tf.
   return 0.5 * (trace + quadratic - n) + _bands.log_determinant(q_bands) - _bands.log_determinant(p_bands)
 
 
+def _converted(q: GaussianGraphicalModel, what: str, x) -> tf.Tensor:
+  """x as a tensor of q's dtype (NumPy arrays and Python numbers are cast, as TFP does); a tensor of another
+  dtype raises TypeError naming both."""
+  if tf.is_tensor(x) and x.dtype != q.dtype:
+    raise TypeError(f"{what} has dtype {x.dtype.name} and the {type(q).__name__} dtype {q.dtype.name}; both need "
+                    "the same dtype.")
+  return tf.convert_to_tensor(x, dtype=q.dtype)
+
+
+def _vector_assertions(owner: str, q: GaussianGraphicalModel, what: str, x: tf.Tensor, validate_args: bool) -> list:
+  """x [..., n] for q's event size n and batch shape (`_bands.check_vector`)."""
+  return _bands.check_vector(owner, what, x, q.event_shape[-1], q.batch_shape, validate_args)
+
+
+def _check_pair(q: GaussianGraphicalModel, p: tfd.Distribution) -> None:
+  """Static checks that KL(q || p) is defined: one dtype (TypeError), the same event shape [n] and broadcasting
+  batch shapes (ValueError), each message naming both. An event size of p unknown statically is left to the
+  run-time checks of the vectors that p's KL reads."""
+  pair = _pair_name(q, p)
+  if q.dtype != p.dtype:
+    raise TypeError(f"{pair}: q has dtype {q.dtype.name} and p dtype {p.dtype.name}; both need the same dtype.")
+  if not q.event_shape.is_compatible_with(p.event_shape):
+    raise ValueError(f"{pair}: q has event shape {q.event_shape} and p event shape {p.event_shape}; both need "
+                     f"the same event size n.")
+  try:
+    tf.broadcast_static_shape(q.batch_shape, p.batch_shape)
+  except ValueError:
+    raise ValueError(f"{pair}: q has batch shape {q.batch_shape} and p batch shape {p.batch_shape}, which do not "
+                     "broadcast.") from None
+
+
+def _pair_name(q: tfd.Distribution, p: tfd.Distribution) -> str:
+  return f"KL({type(q).__name__} || {type(p).__name__})"
+
+
+def _kl_to_diagonal_target(q: GaussianGraphicalModel, p: tfd.Distribution) -> tf.Tensor:
+  """KL(q || p) for a p with a diagonal Gaussian density: its mean and stddev, checked under either's
+  validate_args (TFP's convention for KLs)."""
+  _check_pair(q, p)
+  return _kl_to_diagonal_normal(q, p.mean(), p.stddev(), _pair_name(q, p), q.validate_args or p.validate_args)
+
+
 @tfd.RegisterKL(GaussianGraphicalModel, tfd.MultivariateNormalDiag)
 def _kl_ggm_mvn_diag(q, p, name=None):
   with tf.name_scope(name or "kl_ggm_mvn_diag"):
-    return kl_to_diagonal_normal(q, p.mean(), p.stddev())
+    return _kl_to_diagonal_target(q, p)
 
 
 @tfd.RegisterKL(GaussianGraphicalModel, tfd.Independent)
@@ -109,7 +183,7 @@ def _kl_ggm_independent_normal(q, p, name=None):
         "KL(GaussianGraphicalModel || Independent) is implemented for Independent(Normal, "
         f"reinterpreted_batch_ndims=1) only; got {p}.")
   with tf.name_scope(name or "kl_ggm_independent_normal"):
-    return kl_to_diagonal_normal(q, p.mean(), p.stddev())
+    return _kl_to_diagonal_target(q, p)
 
 
 @tfd.RegisterKL(GaussianGraphicalModel, GaussianGraphicalModel)

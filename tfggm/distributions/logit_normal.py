@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfggm.distributions.ggm import GaussianGraphicalModel
+from tfggm.distributions.ggm import GaussianGraphicalModel, point_assertions
 
 tfb = tfp.bijectors
 tfd = tfp.distributions
@@ -26,9 +26,19 @@ def squash(alpha: float, dtype: tf.DType = tf.float32) -> tfb.Bijector:
 
   which is `squash(alpha).forward_log_det_jacobian(x, event_ndims=1)`.
   """
-  if not 0.0 <= alpha < 0.5:
-    raise ValueError(f"alpha must be in [0, 0.5); got {alpha}.")
+  alpha = check_alpha(alpha)
   return tfb.Shift(tf.constant(alpha, dtype))(tfb.Scale(tf.constant(1.0 - 2.0 * alpha, dtype)))
+
+
+def check_alpha(alpha) -> float:
+  """alpha as a Python float, which must be in [0, 0.5) (a static constant, not a tensor of the graph)."""
+  try:
+    value = float(alpha)
+  except TypeError:
+    raise TypeError(f"alpha must be a number in [0, 0.5); got {alpha!r}.") from None
+  if not 0.0 <= value < 0.5:
+    raise ValueError(f"alpha must be in [0, 0.5); got {alpha!r}.")
+  return value
 
 
 class MultivariateLogitNormal(tfd.TransformedDistribution):
@@ -43,7 +53,8 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
   data x in [0, 1] whose squashed version x' = alpha + (1 - 2 alpha) x is
   logit-normal: `log p(x) = log p'(x') + n log(1 - 2 alpha)` (see `squash`).
   With `validate_args=True`, `log_prob` of an x outside the open support, or
-  NaN, raises InvalidArgumentError instead of returning NaN.
+  NaN, raises InvalidArgumentError instead of returning NaN. An x of another
+  width than n, or whose batch dimensions do not broadcast, raises ValueError.
   """
 
   def __init__(self, loc, precision_factor_bands, alpha: float = 0.0, lags=None, validate_args: bool = False,
@@ -52,6 +63,7 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
     with tf.name_scope(name) as name:
       gaussian = GaussianGraphicalModel(loc, precision_factor_bands, lags=lags, validate_args=validate_args,
                                         allow_nan_stats=allow_nan_stats)
+      alpha = check_alpha(alpha)
       bijector = tfb.Sigmoid(validate_args=validate_args)
       if alpha:
         bijector = tfb.Invert(squash(alpha, gaussian.dtype))(bijector)
@@ -92,13 +104,13 @@ class MultivariateLogitNormal(tfd.TransformedDistribution):
     return self.distribution.factor_bands_at_every_lag()
 
   def _sample_control_dependencies(self, x):
+    assertions = point_assertions(type(self).__name__, self, x)
     if not self.validate_args:
-      return []
+      return assertions
     low = 0.0 - self._alpha / (1 - 2 * self._alpha)  # 0.0 - 0.0 is +0.0, printed "0"
     high = (1 - self._alpha) / (1 - 2 * self._alpha)
     support = f"({low:g}, {high:g})"
-    return [
-        tf.debugging.assert_all_finite(x, message="MultivariateLogitNormal: x has NaN or Inf entries"),
+    return assertions + [
         tf.debugging.assert_greater(x, tf.constant(low, x.dtype),
                                     message=f"MultivariateLogitNormal: x must be in {support}, found x <= {low:g}"),
         tf.debugging.assert_less(x, tf.constant(high, x.dtype),

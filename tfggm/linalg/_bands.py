@@ -9,6 +9,10 @@ read and compute len(lags) rows instead of b + 1 (3 instead of 29 on 28 x 28).
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
 import tensorflow as tf
 
 from tfggm.linalg._compilation import with_gradient, xla_kernel
@@ -17,11 +21,13 @@ PLAIN_BELOW_ELEMENTS = 2**16  # smaller matvecs run as plain ops (see `xla_kerne
 
 
 def check_bands(bands: tf.Tensor) -> tuple[int, int]:
-  """Returns (n, b) of compact bands [..., b + 1, n], which must be static."""
+  """Returns (n, b) of compact bands [..., b + 1, n], which must be static, with n >= 1 and at least one row."""
   shape = bands.shape
   if shape.rank is None or shape.rank < 2 or shape[-1] is None or shape[-2] is None:
     raise ValueError(
         f"Compact bands need a static shape [..., b + 1, n]; got {shape}.")
+  if shape[-1] < 1 or shape[-2] < 1:
+    raise ValueError(f"Compact bands [..., b + 1, n] need n >= 1 and at least the diagonal row; got shape {shape}.")
   return int(shape[-1]), int(shape[-2]) - 1
 
 
@@ -29,16 +35,61 @@ def resolve_lags(bands: tf.Tensor, lags=None) -> tuple[int, ...]:
   """The lags of the rows of `bands` [..., R, n]: (0, 1, ..., R - 1) if None.
 
   Raises:
-    ValueError: unless lags has R strictly increasing integers starting at 0.
+    ValueError: unless lags has R strictly increasing integers (int or numpy integers, not bools) starting at 0.
   """
   num_rows = int(bands.shape[-2])
   if lags is None:
     return tuple(range(num_rows))
-  lags = tuple(int(k) for k in lags)
-  if len(lags) != num_rows or lags[0] != 0 or any(a >= b for a, b in zip(lags, lags[1:])):
+  integers = isinstance(lags, Sequence | np.ndarray) and all(
+      isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in lags)
+  lags = tuple(int(k) for k in lags) if integers else lags
+  if (not integers or len(lags) != num_rows or tuple(lags[:1]) != (0,)
+      or any(a >= b for a, b in zip(lags, lags[1:]))):
     raise ValueError(f"lags must be {num_rows} strictly increasing integers starting at 0 (one per row of bands "
-                     f"of shape {bands.shape}); got {lags}.")
+                     f"of shape {bands.shape}); got {lags!r}.")
   return lags
+
+
+def check_vector(owner: str, what: str, x: tf.Tensor, n: int, batch_shape: tf.TensorShape,
+                 validate_args: bool) -> list:
+  """Checks a vector argument x [..., n] (a point, a mean, scales) against an event size n and a batch shape.
+
+  x is not broadcast along the event: its last dimension must be n. Its other dimensions (sample and
+  batch dimensions) must broadcast with `batch_shape`, right-aligned.
+
+  Returns:
+    the run-time assertion of x's width when it is not static and `validate_args`, else [].
+
+  Raises:
+    ValueError: naming the shapes, when the static shapes show a mismatch.
+  """
+  shape = x.shape
+  if shape.rank == 0 or (shape.rank is not None and shape[-1] not in (None, n)):
+    raise ValueError(f"{owner}: {what} must have shape [..., {n}] (event size n = {n}); got shape {shape}.")
+  try:
+    tf.broadcast_static_shape(shape[:-1], batch_shape)
+  except ValueError:
+    raise ValueError(f"{owner}: {what} of shape {shape} does not broadcast with the batch shape {batch_shape} "
+                     f"(its dimensions before the event, {shape[:-1]}, must).") from None
+  if validate_args and (shape.rank is None or shape[-1] is None):
+    return [tf.debugging.assert_equal(tf.shape(x)[-1], n, message=f"{owner}: {what} must have shape [..., {n}] "
+                                                                    f"(event size n = {n})")]
+  return []
+
+
+def assert_finite(x: tf.Tensor, message: str):
+  """The assertion that x has no NaN or Inf entry. Like TFP's assertions (and unlike `tf.debugging.assert_all_finite`)
+  it is None in eager mode once passed, so that a bijector built eagerly can still run in a tf.function."""
+  return tf.debugging.assert_equal(tf.reduce_all(tf.math.is_finite(x)), True, message=message)
+
+
+def factor_assertions(owner: str, bands: tf.Tensor) -> list:
+  """Run-time checks of the bands of L: every entry finite, the diagonal (row 0) positive."""
+  return [
+      assert_finite(bands, f"{owner}: precision_factor_bands has NaN or Inf entries"),
+      tf.debugging.assert_positive(bands[..., 0, :], message=f"{owner}: the diagonal of L "
+                                                             "(precision_factor_bands[..., 0, :]) must be positive"),
+  ]
 
 
 def is_every_lag(lags: tuple[int, ...]) -> bool:

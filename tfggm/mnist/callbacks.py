@@ -1,7 +1,10 @@
-"""Training callbacks: KL warm-up, epoch timing, TensorBoard images and histograms, a tracked data point."""
+"""Training callbacks: KL warm-up, epoch timing, TensorBoard images and histograms, a tracked data point,
+the history and the best weights, each file written whole or not at all."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pathlib
@@ -11,9 +14,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfggm.mnist import files
 from tfggm.mnist.images import decode_images
+from tfggm.mnist.rundir import read_history
 
-__all__ = ["KLWarmup", "EpochTimer", "TensorBoardExtras", "PosteriorTracker"]
+__all__ = ["KLWarmup", "EpochTimer", "TensorBoardExtras", "PosteriorTracker", "HistoryLog", "BestWeights"]
 
 
 class KLWarmup(tf_keras.callbacks.Callback):
@@ -97,6 +102,55 @@ class PosteriorTracker(tf_keras.callbacks.Callback):
     posterior = self.model.encoder(self.image)
     record[str(epoch)] = dict(loc=posterior.mean().numpy()[0].tolist(),
                               bands=posterior.factor_bands_at_every_lag().numpy()[0].tolist())
-    temporary = self.path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record))
-    temporary.replace(self.path)
+    files.write_text(self.path, json.dumps(record))
+
+
+class HistoryLog(tf_keras.callbacks.Callback):
+  """Rewrites history.csv whole after every epoch: one row per epoch, `epoch` then the logs' keys, sorted.
+
+  An epoch run again after a resume replaces its row (and any later rows), so the file never holds a
+  partial row, a second header or an epoch twice. A few kilobytes per hundred epochs.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    super().__init__()
+    self.path = pathlib.Path(path)
+
+  def on_epoch_end(self, epoch, logs=None):
+    rows = read_history(self.path) if self.path.exists() else []
+    rows = [row for row in rows if int(row["epoch"]) < epoch]
+    rows.append({"epoch": str(epoch), **{key: _csv_value(value) for key, value in (logs or {}).items()}})
+    keys = ["epoch", *sorted({key for row in rows for key in row} - {"epoch"})]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, keys, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(self.path, text.getvalue())
+
+
+def _csv_value(value) -> str:
+  try:
+    return str(float(value))
+  except (TypeError, ValueError):
+    return str(value)
+
+
+class BestWeights(tf_keras.callbacks.Callback):
+  """Saves the weights of the epoch with the highest finite `monitor` so far, whole or not at all.
+
+  `best` is the value to beat (a resumed run's best so far; None: any finite value).
+  """
+
+  def __init__(self, path: str | os.PathLike, monitor: str = "val_elbo", best: float | None = None):
+    super().__init__()
+    self.path = pathlib.Path(path)
+    self.monitor = monitor
+    self.best = best
+
+  def on_epoch_end(self, epoch, logs=None):
+    value = (logs or {}).get(self.monitor)
+    if value is None or not np.isfinite(value) or (self.best is not None and value <= self.best):
+      return
+    with files.replacing(self.path) as temporary:
+      self.model.save_weights(str(temporary))
+    self.best = float(value)

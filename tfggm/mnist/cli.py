@@ -6,11 +6,14 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 
 __all__ = ["main"]
 
 PROGRESS = {"bar": 1, "line": 2, "none": 0}  # --progress -> Keras' `verbose`
+MAX_SAMPLES = 1024  # `tfggm sample --num`: a grid of more images is no longer a figure one can look at
+FLAGS = {"analytic_kl": "--monte-carlo-kl"}  # VAEConfig fields whose flag is not "--" + field with dashes
 
 
 def _positive(text: str) -> int:
@@ -18,6 +21,22 @@ def _positive(text: str) -> int:
   value = int(text)
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+  return value
+
+
+def _seed(text: str) -> int:
+  """argparse type: an integer in [0, 2**31 - 1], what TensorFlow's seeds hold."""
+  value = int(text)
+  if not 0 <= value < 2**31:
+    raise argparse.ArgumentTypeError(f"must be in [0, 2**31 - 1]; got {value}")
+  return value
+
+
+def _sample_count(text: str) -> int:
+  """argparse type: an integer in [1, MAX_SAMPLES]."""
+  value = _positive(text)
+  if value > MAX_SAMPLES:
+    raise argparse.ArgumentTypeError(f"at most {MAX_SAMPLES} images fit one figure; got {value}")
   return value
 
 
@@ -66,7 +85,18 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args):
-  from tfggm.mnist.config import VAEConfig
+  """The VAEConfig of the flags; a bad value is a ConfigError naming its flag."""
+  from tfggm.mnist.config import ConfigError, VAEConfig
+  try:
+    return _unchecked_config_from(args, VAEConfig)
+  except ConfigError as error:
+    field = getattr(error, "field", None)
+    if field is None:
+      raise
+    raise ConfigError(f"argument {FLAGS.get(field, '--' + field.replace('_', '-'))}: {error}") from None
+
+
+def _unchecked_config_from(args, VAEConfig):
   return VAEConfig(
       posterior=args.posterior, likelihood=args.likelihood, latent_dim=args.latent_dim,
       hidden_units=tuple(args.hidden_units), activation=args.activation, objective=args.objective,
@@ -81,10 +111,11 @@ def _train(args) -> None:
   strategy = make_strategy(args.strategy)  # first: a multi-worker strategy must precede every other TF op
   from tfggm.mnist.rundir import RunDirectory
   from tfggm.mnist.training import train
+  config = _config_from(args)
   logs = RunDirectory(args.run_dir).logs
   print(f"TensorBoard logs: {logs}  (view with: tensorboard --logdir {logs})", flush=True)
-  summary = train(_config_from(args), args.run_dir, data_dir=args.data_dir, verbose=PROGRESS[args.progress],
-                  strategy=strategy)
+  summary = train(config, args.run_dir, data_dir=args.data_dir, verbose=PROGRESS[args.progress],
+                  strategy=strategy, allow_nonstandard_counts=args.allow_nonstandard_counts)
   print(f"best validation ELBO: {summary['best_val_elbo']:.2f} nats (epoch {summary['best_epoch']} of "
         f"{summary['epochs_run']}); {summary['median_epoch_seconds']:.1f} s per epoch (median)")
 
@@ -92,7 +123,8 @@ def _train(args) -> None:
 def _evaluate(args) -> None:
   from tfggm.mnist.evaluate import evaluate_run
   report = evaluate_run(args.run_dir, num_samples=args.num_samples, chunk_size=args.chunk_size,
-                        max_test=args.max_test, data_dir=args.data_dir, weights=args.weights)
+                        max_test=args.max_test, data_dir=args.data_dir, weights=args.weights,
+                        allow_nonstandard_counts=args.allow_nonstandard_counts)
   print(json.dumps(report, indent=2))
 
 
@@ -104,16 +136,22 @@ def _export(args) -> None:
 
 
 def _sample(args) -> None:
+  import contextlib
+
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import tensorflow as tf
+  from matplotlib.backend_bases import FigureCanvasBase
 
+  from tfggm.mnist import files
   from tfggm.mnist.data import IMAGE_SHAPE
   from tfggm.mnist.evaluate import load_run
   from tfggm.mnist.images import draw_images
   from tfggm.mnist.rundir import RunDirectory
-  _, model = load_run(args.run_dir, weights=args.weights)
+  run = RunDirectory(args.run_dir)
+  out = _figure_path(args.out, run.samples, FigureCanvasBase.get_supported_filetypes())
+  _, model = load_run(run.path, weights=args.weights)
   z = tf.random.stateless_normal([args.num, model.latent_dim], seed=[args.seed, 0])
   images = draw_images(model.decoder, z, args.draw, seed=[args.seed, 1]).numpy().reshape(-1, *IMAGE_SHAPE)
   columns = int(min(args.num, 8))
@@ -123,9 +161,24 @@ def _sample(args) -> None:
     axis.axis("off")
     if index < len(images):
       axis.imshow(images[index], cmap="gray", vmin=0, vmax=1)
-  out = pathlib.Path(args.out or RunDirectory(args.run_dir).samples)
-  figure.savefig(out, dpi=80, bbox_inches="tight")
+  inside_run = out.resolve().parent == run.path.resolve()
+  with run.owned() if inside_run else contextlib.nullcontext(), files.replacing(out) as temporary:
+    figure.savefig(temporary, dpi=80, bbox_inches="tight", format=out.suffix[1:])
   print(f"wrote {args.num} samples to {out}")
+
+
+def _figure_path(out: str | None, default: pathlib.Path, formats: dict[str, str]) -> pathlib.Path:
+  """Where `sample` writes: `out` (".png" added when it has no suffix) or `default`; checked before any work."""
+  from tfggm.mnist.config import ConfigError
+  path = pathlib.Path(out) if out else default
+  if not path.suffix:
+    path = path.with_suffix(".png")
+  if path.suffix[1:].lower() not in formats:
+    raise ConfigError(f"argument --out: cannot write a '{path.suffix}' image; use one of "
+                      f"{', '.join('.' + f for f in sorted(formats))}.")
+  if not path.parent.is_dir():
+    raise ConfigError(f"argument --out: {path.parent} is not a directory.")
+  return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
   data_help = ("directory with the four MNIST IDX .gz files, e.g. data/mnist in a clone of the repository "
                "(default: $TFGGM_DATA_DIR, else tensorflow_datasets, which downloads MNIST when online)")
+  counts_help = "accept MNIST files with other numbers of images than 60,000 (train) and 10,000 (test)"
 
   def add_command(name: str, help: str) -> argparse.ArgumentParser:
     return commands.add_parser(name, formatter_class=formatter, parents=[common], help=help)
@@ -151,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
   train = add_command("train", help="train (or resume) a VAE in RUN_DIR")
   train.add_argument("run_dir")
   train.add_argument("--data-dir", default=None, help=data_help)
+  train.add_argument("--allow-nonstandard-counts", action="store_true", help=counts_help)
   train.add_argument("--progress", choices=sorted(PROGRESS), default="bar",
                      help="Keras progress: a bar, a line per epoch, or none")
   train.add_argument("--strategy", choices=STRATEGIES, default="default",
@@ -167,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--max-test", type=_positive, default=None, help="evaluate on the first N test images")
   evaluate.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS, help=weights_help)
   evaluate.add_argument("--data-dir", default=None, help=data_help)
+  evaluate.add_argument("--allow-nonstandard-counts", action="store_true", help=counts_help)
   evaluate.set_defaults(handler=_evaluate)
 
   export = add_command("export", help="export a run as a SavedModel: TO/<next integer version>/")
@@ -177,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   sample = add_command("sample", help="draw images from a run as a PNG grid")
   sample.add_argument("run_dir")
-  sample.add_argument("--num", type=_positive, default=64, help="images drawn")
-  sample.add_argument("--seed", type=int, default=0, help="of z and of the draws")
-  sample.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/samples.png)")
+  sample.add_argument("--num", type=_sample_count, default=64, help=f"images drawn (at most {MAX_SAMPLES})")
+  sample.add_argument("--seed", type=_seed, default=0, help="of z and of the draws")
+  sample.add_argument("--out", default=None,
+                      help="image path; its suffix is the format (.png if none) (default: RUN_DIR/samples.png)")
   sample.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS, help=weights_help)
   sample.add_argument("--draw", default="mean", choices=DRAWS,
                       help="mean: p(x|z)'s mean image (logit-normal: its median); sample: x ~ p(x|z)")
@@ -190,21 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   """Runs a subcommand; user errors print one line and exit 2, without a traceback.
 
-  Unless --verbose, TensorFlow's Python warnings (e.g. Keras' slow-callback notes) are hidden; its C++ log lines
-  are hidden by the `tfggm` command's launcher (`tfggm_cli`), which must act before TensorFlow is imported.
+  User errors: a bad flag or configuration, bad data, a run directory in use or whose files cannot be
+  used, and what the file system refuses (a full disk, a permission, a missing file). Unless --verbose,
+  TensorFlow's Python warnings (e.g. Keras' slow-callback notes) are hidden; its C++ log lines are
+  hidden by the `tfggm` command's launcher (`tfggm_cli`), which must act before TensorFlow is imported.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   args = build_parser().parse_args(argv)
+  import tensorflow as tf
   if not getattr(args, "verbose", False):
-    import tensorflow as tf
     tf.get_logger().setLevel("ERROR")
+    sys.unraisablehook = lambda unraisable: None  # e.g. h5py's reports while freeing a file a full disk cut
   from tfggm.mnist.config import ConfigError
   from tfggm.mnist.data import DataError
+  from tfggm.mnist.files import DirectoryBusy
+  from tfggm.mnist.rundir import RunDirectoryError
   from tfggm.mnist.training import TrainingDiverged
   try:
     args.handler(args)
-  except (ConfigError, DataError, OSError) as error:
-    print(f"tfggm {args.command}: error: {error}", file=sys.stderr)
+  except (ConfigError, DataError, DirectoryBusy, RunDirectoryError, OSError, tf.errors.ResourceExhaustedError,
+          tf.errors.PermissionDeniedError) as error:
+    print(f"tfggm {args.command}: error: {_one_line(error)}", file=sys.stderr)
     return 2
   except TrainingDiverged as error:
     print(f"tfggm {args.command}: {error}", file=sys.stderr)
@@ -213,6 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tfggm {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
     return 130
   return 0
+
+
+def _one_line(error: Exception) -> str:
+  """The message of a user error on one line, e.g. "No space left on device: PATH".
+
+  An OSError gives its reason and file; HDF5's and TensorFlow's file errors are reduced to the same.
+  """
+  message = (getattr(error, "message", None) or str(error) or type(error).__name__).strip()
+  hdf5 = re.search(r"filename = '([^']*)'.*error message = '([^']*)'", message, re.DOTALL)
+  if hdf5:
+    return f"{hdf5.group(2)}: {hdf5.group(1)}"
+  if isinstance(error, OSError) and error.strerror:
+    return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+  line = re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$", "", message.splitlines()[0])
+  tensorflow_file = re.fullmatch(r"(/\S+); (.+)", line)
+  return f"{tensorflow_file.group(2)}: {tensorflow_file.group(1)}" if tensorflow_file else line
 
 
 if __name__ == "__main__":

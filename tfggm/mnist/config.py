@@ -1,36 +1,90 @@
-"""The run configuration, and the names of posteriors and likelihoods mapped to stencils."""
+"""The run configuration, checked whole when built, and the names of posteriors and likelihoods mapped to stencils."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
+import numbers
+import os
 import pathlib
 import re
+import reprlib
+from collections.abc import Callable
+
+import tf_keras
 
 from tfggm import stencils
 
 __all__ = ["ConfigError", "VAEConfig", "posterior_stencil", "likelihood_stencil", "POSTERIORS",
-           "LIKELIHOODS"]
+           "LIKELIHOODS", "OBJECTIVES", "MAX_LATENT_DIM", "MAX_SEED", "MIN_EXAMPLES", "OPTIONAL_KEYS"]
 
 POSTERIORS = ("diagonal", "chain", "grid", "gershgorin_grid", "extended_grid", "band<k>", "full")
 LIKELIHOODS = ("bernoulli", "logit_normal_diagonal", "logit_normal_grid", "logit_normal_extended_grid")
+OBJECTIVES = ("elbo", "iwae")
+# A 32 x 32 grid: past MNIST's 784 pixels a code no longer compresses, and the bound keeps the check of a
+# configuration fast (it builds the posterior's stencil; a full one at n = 1024 takes 30 ms).
+MAX_LATENT_DIM = 1024
+# The largest seed every consumer takes as given: the VAE's stateless posterior-noise seed is int32 (a larger
+# seed would wrap round to a negative one), NumPy's generators and SeedSequence refuse negative seeds.
+MAX_SEED = 2**31 - 1
+# The fewest examples a run can use: training.RunData keeps a sixth of the training images (at least one) for
+# validation, and the rest for training.
+MIN_EXAMPLES = 6
+# Fields added after config.json first appeared. A file without them was written before they existed; their
+# defaults are how that run ran, so they may be missing from it. Any other missing key is an error.
+OPTIONAL_KEYS = ("jit_compile", "steps_per_execution")
+# Callables that tf_keras.activations.get also finds by name, which are no activations.
+_NOT_ACTIVATIONS = ("deserialize", "get", "keras_export", "serialize")
 
 
 class ConfigError(ValueError):
-  """A configuration that cannot be built; the message says what to change."""
+  """A configuration that cannot be built; the message, one line, says what to change.
+
+  `field` is the `VAEConfig` field the error is about (so that a command line can name its flag), or None when
+  the error is about no single field (an unreadable or corrupt config.json, a run directory, a strategy).
+  """
+
+  def __init__(self, message: str, field: str | None = None):
+    super().__init__(message)
+    self.field = field
+
+
+def _show(value: object) -> str:
+  """A short, one-line repr of a user's value: long strings and lists are cut, huge integers summarized."""
+  if isinstance(value, int) and value.bit_length() > 64:  # repr() refuses ints of over 4,300 digits
+    return f"an integer of {value.bit_length()} bits"
+  return reprlib.repr(value)
+
+
+def _is_integer(value: object) -> bool:
+  """Whether `value` is an integer (numpy's included) but no bool: True is no latent dimension."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _square_side(n: int, name: str) -> int:
   side = math.isqrt(n)
   if side * side != n:
     raise ConfigError(f"posterior '{name}' lays the latents on a square grid; latent_dim = {n} is "
-                      "not a square (use 16 for a 4 x 4 grid).")
+                      "not a square (use 16 for a 4 x 4 grid).", field="latent_dim")
   return side
 
 
-def posterior_stencil(name: str, latent_dim: int) -> tuple[stencils.Stencil, str]:
-  """(stencil, parameterization) of a posterior name; grids are sqrt(n) x sqrt(n)."""
+def _band_stencil(name: str, latent_dim: int) -> stencils.Stencil | None:
+  """The stencil of a posterior named band<k> (k >= 0, no leading zeros, k < latent_dim), else None."""
+  match = re.fullmatch(r"band(0|[1-9][0-9]*)", name)
+  if not match:
+    return None
+  digits = match.group(1)
+  if len(digits) > len(str(latent_dim)) or int(digits) >= latent_dim:  # lengths first: int() takes <= 4,300 digits
+    raise ConfigError(f"posterior {_show(name)} links each latent to the k before it, but "
+                      f"latent_dim = {latent_dim} allows k <= {latent_dim - 1}; use band{latent_dim - 1} or full.",
+                      field="posterior")
+  return stencils.band(latent_dim, int(digits))
+
+
+def _named_posterior(name: str, latent_dim: int) -> tuple[stencils.Stencil, str]:
   if name == "diagonal":
     return stencils.diagonal(latent_dim), "factor"
   if name == "chain":
@@ -42,25 +96,162 @@ def posterior_stencil(name: str, latent_dim: int) -> tuple[stencils.Stencil, str
     return stencils.grid(side, side), "precision" if name == "gershgorin_grid" else "factor"
   if name == "full":
     return stencils.band(latent_dim, latent_dim - 1), "factor"
-  match = re.fullmatch(r"band(\d+)", name)
-  if match:
-    return stencils.band(latent_dim, int(match.group(1))), "factor"
-  raise ConfigError(f"unknown posterior '{name}'; choose one of {', '.join(POSTERIORS)} "
-                    "(band<k> as band4, band8, ...).")
+  band = _band_stencil(name, latent_dim)
+  if band is None:
+    raise ConfigError(f"unknown posterior {_show(name)}; choose one of {', '.join(POSTERIORS)} "
+                      "(band<k> as band4, band8, ...).", field="posterior")
+  return band, "factor"
+
+
+def posterior_stencil(name: str, latent_dim: int) -> tuple[stencils.Stencil, str]:
+  """(stencil, parameterization) of a posterior name; grids are sqrt(n) x sqrt(n), band<k> needs k < n.
+
+  Raises:
+    ConfigError: an unknown name (field "posterior"), or a latent_dim the posterior cannot lay out (a grid's
+      n not a square, a stencil refusing the size: field "latent_dim"; band<k> with k >= n: field "posterior").
+  """
+  try:
+    return _named_posterior(name, latent_dim)
+  except ConfigError:
+    raise
+  except ValueError as error:  # The stencil refuses the size.
+    raise ConfigError(f"posterior '{name}' cannot be laid out on latent_dim = {latent_dim}: {error}",
+                      field="latent_dim") from error
+
+
+def _check_likelihood(name: str) -> None:
+  if name not in LIKELIHOODS:
+    raise ConfigError(f"unknown likelihood {_show(name)}; choose one of {', '.join(LIKELIHOODS)}.",
+                      field="likelihood")
 
 
 def likelihood_stencil(name: str, image_shape: tuple[int, int]) -> stencils.Stencil | None:
-  """The pixel stencil of a logit-normal likelihood over images of (height, width); None for Bernoulli."""
+  """The pixel stencil of a logit-normal likelihood over images of (height, width); None for Bernoulli.
+
+  Raises:
+    ConfigError: an unknown name (field "likelihood").
+  """
+  _check_likelihood(name)
   height, width = image_shape
-  choices = {
+  return {
       "bernoulli": lambda: None,
       "logit_normal_diagonal": lambda: stencils.diagonal(height * width),
       "logit_normal_grid": lambda: stencils.grid(height, width),
       "logit_normal_extended_grid": lambda: stencils.extended_grid(height, width),
-  }
-  if name not in choices:
-    raise ConfigError(f"unknown likelihood '{name}'; choose one of {', '.join(LIKELIHOODS)}.")
-  return choices[name]()
+  }[name]()
+
+
+def _is_activation(name: str) -> bool:
+  """Whether tf_keras.activations.get(name) is an activation (it runs no TensorFlow op)."""
+  if name in _NOT_ACTIVATIONS:
+    return False
+  try:
+    tf_keras.activations.get(name)
+  except (ValueError, TypeError):
+    return False
+  return True
+
+
+def _as_float(value: numbers.Real) -> float:
+  try:
+    return float(value)
+  except OverflowError:  # An int beyond float's range is as infinite as a float gets.
+    return math.inf
+
+
+_KINDS = {int: ("an integer", _is_integer, int),
+          float: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), _as_float),
+          bool: ("a bool (true or false)", lambda v: isinstance(v, bool), bool),
+          str: ("a string", lambda v: isinstance(v, str), str)}
+
+
+def _checked(field: str, value: object, kind: type, ok: Callable[[object], bool], rule: str) -> object:
+  """`value` as a `kind` (int, float, bool or str) for which `ok` holds, else ConfigError about `field`.
+
+  Strict types: a bool is no number, a string no number, a float no int; an int is a float (1 -> 1.0), and
+  floats must be finite. numpy scalars pass as the Python values they hold.
+  """
+  words, is_kind, convert = _KINDS[kind]
+  if not is_kind(value):
+    raise ConfigError(f"{field} must be {words}; got {_show(value)} ({type(value).__name__}).", field=field)
+  value = convert(value)
+  if kind is float and not math.isfinite(value):
+    raise ConfigError(f"{field} must be finite; got {value}.", field=field)
+  if not ok(value):
+    raise ConfigError(f"{field} must be {rule}; got {_show(value)}.", field=field)
+  return value
+
+
+def _hidden_units(value: object) -> tuple[int, ...]:
+  """`value` as a tuple of positive ints (JSON stores a list); an empty one means no hidden layers."""
+  if not isinstance(value, (tuple, list)) or not all(_is_integer(units) and units >= 1 for units in value):
+    raise ConfigError("hidden_units must be positive integers, the widths of the hidden layers (none: no hidden "
+                      f"layer); got {_show(value)}.", field="hidden_units")
+  return tuple(int(units) for units in value)
+
+
+def _anything(_: object) -> bool:
+  return True
+
+
+# field -> (kind, the range as a test, the range in words). posterior, likelihood and hidden_units are checked
+# further by `posterior_stencil`, `_check_likelihood` and `_hidden_units`.
+_RULES = {
+    "posterior": (str, _anything, ""),
+    "likelihood": (str, _anything, ""),
+    "latent_dim": (int, lambda n: 1 <= n <= MAX_LATENT_DIM, f"in [1, {MAX_LATENT_DIM}]"),
+    "activation": (str, _is_activation, "a Keras activation name such as 'elu', 'relu' or 'tanh'"),
+    "objective": (str, lambda name: name in OBJECTIVES, "'elbo' or 'iwae'"),
+    "num_samples": (int, lambda n: n >= 1, ">= 1"),
+    "analytic_kl": (bool, _anything, ""),
+    "warmup_epochs": (int, lambda n: n >= 0, ">= 0"),
+    "learning_rate": (float, lambda x: x > 0, "> 0"),
+    "clip_global_norm": (float, lambda x: x > 0, "> 0 (or None: no clipping)"),
+    "batch_size": (int, lambda n: n >= 1, ">= 1"),
+    "epochs": (int, lambda n: n >= 1, ">= 1"),
+    "alpha": (float, lambda x: 0 <= x < 0.5, "in [0, 0.5)"),
+    "diagonal_floor": (float, lambda x: x > 0, "> 0"),
+    "seed": (int, lambda n: 0 <= n <= MAX_SEED, f"in [0, 2**31 - 1 = {MAX_SEED}]"),
+    "max_examples": (int, lambda n: n >= MIN_EXAMPLES, f">= {MIN_EXAMPLES} (training holds out a sixth of the "
+                     "training images, at least one, for validation) or None (all)"),
+    "jit_compile": (bool, _anything, ""),
+    "steps_per_execution": (int, lambda n: n >= 1, ">= 1"),
+}
+_NONE_ALLOWED = ("clip_global_norm", "max_examples")
+
+
+def _json_object(text: str) -> dict:
+  """The JSON object that `text` holds, else ConfigError: empty, not JSON, a duplicate key, not an object."""
+  if not text.strip():
+    raise ConfigError("the configuration is empty.")
+  try:
+    values = json.loads(text, object_pairs_hook=_without_duplicates)
+  except ConfigError:
+    raise
+  except RecursionError as error:
+    raise ConfigError("the configuration is no object of settings: its JSON is nested too deeply.") from error
+  except ValueError as error:  # json.JSONDecodeError, or an integer of over 4,300 digits
+    raise ConfigError(f"the configuration is not valid JSON ({error}).") from error
+  if not isinstance(values, dict):
+    raise ConfigError(f"the configuration must be a JSON object of settings; got a {type(values).__name__}.")
+  return values
+
+
+def _without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+  duplicates = sorted(key for key, count in collections.Counter(key for key, _ in pairs).items() if count > 1)
+  if duplicates:
+    raise ConfigError(f"the configuration sets {_show(duplicates)} more than once.")
+  return dict(pairs)
+
+
+def _read_text(path: pathlib.Path) -> str:
+  try:
+    return path.read_bytes().decode("utf-8-sig")  # a BOM, as some editors write, is no error
+  except OSError as error:
+    raise ConfigError(f"cannot read the configuration ({error.strerror or error}).") from error
+  except UnicodeDecodeError as error:
+    raise ConfigError(f"the configuration is not UTF-8 text ({error.reason} at byte {error.start}); "
+                      "the file is corrupt.") from error
 
 
 # Fields of `VAEConfig` that a resumed run may change (see `VAEConfig.same_run_as`).
@@ -74,6 +265,9 @@ class VAEConfig:
   Defaults follow the authors' public MNIST configuration: 784-200-200-16 ELU
   encoder and decoder, Adam 1e-3, batch 32, gradient clipping at global norm
   100, a short KL warm-up.
+
+  A configuration is valid once built: the constructor checks every field's type and range and the
+  posterior's fit to `latent_dim` (ConfigError naming the field), so nothing invalid reaches a run directory.
   """
 
   posterior: str = "diagonal"
@@ -99,27 +293,15 @@ class VAEConfig:
                                      # execution setting, so a run may resume with another value
 
   def __post_init__(self):
-    checks = [
-        (self.objective in ("elbo", "iwae"), f"objective must be 'elbo' or 'iwae'; got {self.objective!r}"),
-        (self.latent_dim >= 1, f"latent_dim must be >= 1; got {self.latent_dim}"),
-        (self.num_samples >= 1, f"num_samples must be >= 1; got {self.num_samples}"),
-        (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
-        (self.steps_per_execution >= 1, f"steps_per_execution must be >= 1; got {self.steps_per_execution}"),
-        (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
-        (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
-        (self.learning_rate > 0, f"learning_rate must be > 0; got {self.learning_rate}"),
-        (self.clip_global_norm is None or self.clip_global_norm > 0,
-         f"clip_global_norm must be > 0 (or None: no clipping); got {self.clip_global_norm}"),
-        (0 <= self.alpha < 0.5, f"alpha must be in [0, 0.5); got {self.alpha}"),
-        (all(u >= 1 for u in self.hidden_units), f"hidden_units must be positive; got {self.hidden_units}"),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ConfigError(message + ".")
+    """Checks every field, its type and range, and the posterior's fit to latent_dim; ConfigError (with the
+    field) on the first problem. Normalizes: hidden_units to a tuple, ints in float fields to floats."""
+    for field, (kind, ok, rule) in _RULES.items():
+      value = getattr(self, field)
+      if value is not None or field not in _NONE_ALLOWED:
+        object.__setattr__(self, field, _checked(field, value, kind, ok, rule))
+    object.__setattr__(self, "hidden_units", _hidden_units(self.hidden_units))
+    _check_likelihood(self.likelihood)
     posterior_stencil(self.posterior, self.latent_dim)
-    if self.likelihood not in LIKELIHOODS:
-      raise ConfigError(f"unknown likelihood '{self.likelihood}'; choose one of {', '.join(LIKELIHOODS)}.")
-    object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
 
   def same_run_as(self, other: VAEConfig) -> bool:
     """Whether `other` trains the same model with the same updates, i.e. may resume this run.
@@ -139,16 +321,27 @@ class VAEConfig:
 
   @classmethod
   def from_json(cls, text: str) -> VAEConfig:
+    """The configuration in `text` (as `to_json` writes it), else ConfigError with a one-line message.
+
+    Errors: empty text, not JSON, not an object, a key set twice, an unknown key, a missing key, a bad value
+    (then `field` names it). Only the keys of `OPTIONAL_KEYS` may be missing: they take their defaults.
+    """
+    values = _json_object(text)
     fields = {f.name for f in dataclasses.fields(cls)}
-    values = json.loads(text)
-    unknown = set(values) - fields
+    unknown = sorted(set(values) - fields)
     if unknown:
-      raise ConfigError(f"unknown configuration keys {sorted(unknown)}.")
+      raise ConfigError(f"unknown configuration keys {_show(unknown)}.")
+    missing = sorted(fields - set(values) - set(OPTIONAL_KEYS))
+    if missing:
+      raise ConfigError(f"the configuration lacks the keys {missing}; it is incomplete.")
     return cls(**values)
 
-  def save(self, path: pathlib.Path) -> None:
-    path.write_text(self.to_json() + "\n")
-
   @classmethod
-  def load(cls, path: pathlib.Path) -> VAEConfig:
-    return cls.from_json(path.read_text())
+  def load(cls, path: str | os.PathLike) -> VAEConfig:
+    """The configuration saved at `path`; ConfigError whose message starts with the path when the file cannot
+    be read (missing, permission denied), is no UTF-8 text, or is no configuration (see `from_json`)."""
+    path = pathlib.Path(path)
+    try:
+      return cls.from_json(_read_text(path))
+    except ConfigError as error:
+      raise ConfigError(f"{path}: {error}", field=error.field) from error

@@ -3,8 +3,9 @@
 Where MNIST comes from, in this order: an explicit `data_dir` (`--data-dir`), then `$TFGGM_DATA_DIR` (either must
 hold the four IDX files), then tensorflow_datasets, which downloads MNIST into its own cache on first use (with a
 progress bar) when there is a network; else a DataError that says what to pass. The repository carries the four
-files in `data/mnist/`. A file of MNIST's size must be byte for byte the canonical one (its sha256 is checked):
-a corrupt download or a swapped file is an error, not a silent wrong result.
+files in `data/mnist/`. A file of MNIST's size must be byte for byte the canonical one (its sha256 is checked),
+a canonical file must be under its own name, and MNIST has 60,000 training and 10,000 test images (other counts
+only on request): a corrupt download or a swapped file is an error, not a silent wrong result.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import gzip
 import hashlib
 import math
+import numbers
 import os
 import pathlib
 import zlib
@@ -92,9 +94,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   MNIST images (magic 2051) come back as [N, 28, 28], labels (magic 2049) as [N].
   """
   path = pathlib.Path(path)
+  return _parse_idx(_read_bytes(path), path)
+
+
+def _read_bytes(path: pathlib.Path) -> bytes:
+  """The content of the file at `path`; DataError if it is missing or unreadable."""
   if not path.is_file():
     raise DataError(f"IDX file '{path}' does not exist (or is not a file).")
-  raw = path.read_bytes()
+  try:
+    return path.read_bytes()
+  except OSError as error:
+    raise DataError(f"cannot read IDX file '{path}' ({error.strerror or error}).") from error
+
+
+def _parse_idx(raw: bytes, path: pathlib.Path) -> np.ndarray:
+  """The array of IDX file content `raw` (gzip-compressed or not), read from `path` (named in errors)."""
   if not raw:
     raise DataError(f"IDX file '{path}' is empty; re-download it.")
   compressed = raw[:2] == b"\x1f\x8b"
@@ -165,21 +179,47 @@ def resolve_mnist_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path
   return None
 
 
-def _check_canonical(path: pathlib.Path, name: str, count: int) -> None:
-  """A file of MNIST's size (`count` items) must be the canonical file `name` (sha256), else DataError.
+def _check_canonical(raw: bytes, path: pathlib.Path, name: str, count: int) -> None:
+  """The content `raw` of the file `name` at `path`, of `count` items, checked by its sha256; else DataError.
 
-  Files of other sizes (subsets, synthetic data) are not MNIST's and are not checked here. An uncompressed
-  twin is not checked either: only the .gz files have published sums.
+  A canonical MNIST file must be under its own name (not swapped with another), and a file of MNIST's size
+  must be the canonical `name`. Files of other sizes (subsets, synthetic data) are not MNIST's and pass. An
+  uncompressed twin is not checked: only the .gz files have published sums.
   """
-  prefix = name.split("-")[0]
-  if count != _MNIST_COUNTS[prefix] or not path.name.endswith(".gz"):
+  if not path.name.endswith(".gz"):
     return
-  digest = hashlib.sha256(path.read_bytes()).hexdigest()
-  if digest != MNIST_SHA256[name]:
-    swapped = [other for other, value in MNIST_SHA256.items() if value == digest]
-    hint = f"it is {swapped[0]} under another name" if swapped else "it is corrupt or not MNIST"
+  digest = hashlib.sha256(raw).hexdigest()
+  if digest == MNIST_SHA256[name]:
+    return
+  swapped = [other for other, value in MNIST_SHA256.items() if value == digest]
+  if swapped:
+    raise DataError(f"'{path}' is the canonical {swapped[0]} (by its sha256): the MNIST files look swapped; "
+                    "give each file its own name.")
+  if count == _MNIST_COUNTS[name.split("-")[0]]:
     raise DataError(f"'{path}' has MNIST's size but not its content (sha256 {digest[:16]}..., expected "
-                    f"{MNIST_SHA256[name][:16]}...): {hint}. Restore the canonical file.")
+                    f"{MNIST_SHA256[name][:16]}...): it is corrupt or not MNIST. Restore the canonical file.")
+
+
+def _read_mnist_file(directory: pathlib.Path, name: str) -> np.ndarray:
+  """The array of MNIST file `name` in `directory` (or its uncompressed twin), read once and checked."""
+  path = _idx_path(directory, name)
+  raw = _read_bytes(path)
+  array = _parse_idx(raw, path)
+  _check_canonical(raw, path, name, len(array))
+  return array
+
+
+def _check_counts(source: str, arrays: MnistArrays, allow_nonstandard_counts: bool) -> None:
+  """MNIST's 60,000 training and 10,000 test images, else DataError, unless `allow_nonstandard_counts`."""
+  counts = (len(arrays.train_images), len(arrays.test_images))
+  standard = (_MNIST_COUNTS["train"], _MNIST_COUNTS["t10k"])
+  if counts == standard or allow_nonstandard_counts:
+    return
+  if counts == standard[::-1]:
+    raise DataError(f"{source}: 10,000 training and 60,000 test images; the train and test files look swapped "
+                    "(MNIST has 60,000 training and 10,000 test images): give each file its own name.")
+  raise DataError(f"{source}: {counts[0]:,} training and {counts[1]:,} test images, but MNIST has 60,000 and 10,000. "
+                  "To use other data, pass allow_nonstandard_counts=True (the CLI: --allow-nonstandard-counts).")
 
 
 def _mnist_arrays(source: str, train_images: np.ndarray, train_labels: np.ndarray,
@@ -219,24 +259,28 @@ def _load_from_tfds() -> MnistArrays:
                        test["image"], test["label"])
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None,
-               max_examples: int | None = None) -> MnistArrays:
+def load_mnist(data_dir: str | os.PathLike | None = None, max_examples: int | None = None, *,
+               allow_nonstandard_counts: bool = False) -> MnistArrays:
   """MNIST from `resolve_mnist_dir(data_dir)`, else from tensorflow_datasets (downloading), else DataError.
 
-  `max_examples` keeps only the first that many examples of every split (for quick runs).
+  Each file is read once and checked (header, size, sha256, see `read_idx`); the splits must hold MNIST's
+  60,000 training and 10,000 test images, with as many labels, unless `allow_nonstandard_counts` (subsets,
+  synthetic data). `max_examples` then keeps only the first that many examples of every split (quick runs).
+
+  Raises:
+    DataError: no MNIST found; a missing, unreadable, corrupt or swapped file; labels that do not match the
+      images; other counts than MNIST's without `allow_nonstandard_counts`; a bad `max_examples`.
   """
-  if max_examples is not None and max_examples < 1:
-    raise DataError(f"max_examples = {max_examples}; it must be a positive integer or None.")
+  if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, numbers.Integral)
+                                   or max_examples < 1):
+    raise DataError(f"max_examples = {max_examples!r}; it must be a positive integer or None.")
   directory = resolve_mnist_dir(data_dir)
   if directory is None:
-    arrays = _load_from_tfds()
+    source, arrays = "tensorflow_datasets", _load_from_tfds()
   else:
-    files = {}
-    for field, name in MNIST_FILES.items():
-      path = _idx_path(directory, name)
-      files[field] = read_idx(path)
-      _check_canonical(path, name, len(files[field]))
-    arrays = _mnist_arrays(str(directory), **files)
+    source = str(directory)
+    arrays = _mnist_arrays(source, **{field: _read_mnist_file(directory, name) for field, name in MNIST_FILES.items()})
+  _check_counts(source, arrays, allow_nonstandard_counts)
   if max_examples is None:
     return arrays
   return MnistArrays(**{field.name: getattr(arrays, field.name)[:max_examples]

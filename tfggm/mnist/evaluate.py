@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 
@@ -12,7 +11,7 @@ import tensorflow as tf
 from tfggm.mnist import data
 from tfggm.mnist.config import VAEConfig
 from tfggm.mnist.networks import build_vae
-from tfggm.mnist.rundir import WEIGHTS, RunDirectory
+from tfggm.mnist.rundir import WEIGHTS, RunDirectory, RunDirectoryError
 from tfggm.mnist.training import RunData
 from tfggm.models import VAE, evaluation
 
@@ -27,7 +26,12 @@ def load_run(run_dir: str | pathlib.Path, weights: str = WEIGHTS[0]) -> tuple[VA
   model = build_vae(config, data.IMAGE_SHAPE)
   model(tf.zeros([1, *model.encoder.inputs[0].shape[1:]]))
   model.optimizer.build(model.trainable_variables)
-  model.load_weights(str(weights_path))
+  try:
+    model.load_weights(str(weights_path))
+  except (ValueError, OSError, KeyError) as error:  # another model's weights, or not a weights file
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise RunDirectoryError(f"{weights_path} does not hold weights of the model in {run.config} "
+                            f"({first_line}); was it copied from another run?") from None
   return config, model
 
 
@@ -40,20 +44,32 @@ def active_units(model: VAE, images: np.ndarray, threshold: float = 0.01, batch_
 
 def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_size: int = 500,
                  max_test: int | None = None, data_dir: str | None = None,
-                 weights: str = WEIGHTS[0], seed: int = 0) -> dict:
+                 weights: str = WEIGHTS[0], seed: int = 0, allow_nonstandard_counts: bool = False) -> dict:
   """Test ELBO and importance-sampled log p(x) (K = num_samples) of a run, on the fixed test set.
 
   Writes `evaluation.json` (the report) and `evaluation_per_example.npz` (the
   per-image ELBO and log p(x), so rows can be compared pairwise on the same
-  images) into the run directory. For logit-normal runs the densities (nats) are of
-  the dequantized data in [0, 1]^784; `bits_per_dim` gives them as bits/dim of the 8-bit data,
-  -log2 p(x) / 784 + 8 (`data.discrete_bits_per_dim`: positive, lower is better).
+  images) into the run directory, owning it meanwhile (a training process in it
+  makes this raise DirectoryBusy). `RunDirectory.evaluation_results` reads the
+  two, checked to be one evaluation; a failure such as a full disk keeps the
+  previous ones. For logit-normal runs the densities (nats) are of the
+  dequantized data in [0, 1]^784; `bits_per_dim` gives them as bits/dim of the
+  8-bit data, -log2 p(x) / 784 + 8 (`data.discrete_bits_per_dim`: positive,
+  lower is better).
   """
   run = RunDirectory(run_dir)
   config, model = load_run(run.path, weights)
-  test = RunData(config, data_dir).test[:max_test]
-  prior = model.prior()
-  arguments = dict(encode=model.encoder, log_likelihood=model.log_likelihood, prior=prior, images=test,
+  test = RunData(config, data_dir, allow_nonstandard_counts).test[:max_test]
+  with run.owned():
+    report, per_example = _evaluation_report(run, config, model, test, weights, num_samples, chunk_size, seed)
+    run.write_evaluation(report, per_example)
+  return report
+
+
+def _evaluation_report(run: RunDirectory, config: VAEConfig, model: VAE, test: np.ndarray, weights: str,
+                       num_samples: int, chunk_size: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+  """(the report of `evaluate_run`, the per-image ELBO and log p(x))."""
+  arguments = dict(encode=model.encoder, log_likelihood=model.log_likelihood, prior=model.prior(), images=test,
                    seed=seed)
   elbo = evaluation.elbo_per_example(**arguments, num_samples=1)
   log_px = evaluation.importance_sampled_log_likelihood(**arguments, num_samples=num_samples,
@@ -68,6 +84,4 @@ def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_siz
         elbo=float(data.discrete_bits_per_dim(report["test_elbo"]["mean"])),
         log_likelihood=float(data.discrete_bits_per_dim(report["test_log_likelihood"]["mean"])),
         log_likelihood_stderr=report["test_log_likelihood"]["stderr"] / (data.NUM_PIXELS * math.log(2)))
-  run.evaluation.write_text(json.dumps(report, indent=2) + "\n")
-  np.savez(run.per_example, elbo=elbo, log_likelihood=log_px)
-  return report
+  return report, dict(elbo=elbo, log_likelihood=log_px)

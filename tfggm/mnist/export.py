@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
 
 import tensorflow as tf
 
 from tfggm.linalg import plain_graph_kernels
+from tfggm.mnist import files
 from tfggm.mnist.images import decode_images, is_logit_normal, likelihood_images
 from tfggm.models import VAE
 
@@ -46,7 +46,7 @@ class ServingModule(tf.Module):
             "sample": z, "log_prob": posterior.log_prob(z)}
 
   def _decode(self, z):
-    likelihood = self.decoder(z)
+    likelihood = self.decoder(_checked_finite(z, "decode: z"))
     outputs = {"images": likelihood_images(likelihood)}
     if is_logit_normal(likelihood):
       outputs["loc"] = likelihood.gaussian.mean()
@@ -65,10 +65,10 @@ def _checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
   images = tf.convert_to_tensor(images)
   if images.shape.rank != 2 or images.shape[-1] not in (None, num_pixels):
     raise ValueError(f"serving_default: images must have shape [batch, {num_pixels}]; got {images.shape}.")
+  images = _checked_finite(images, "serving_default: images")  # first: NaN would fail the range checks below
   with tf.control_dependencies([
       tf.debugging.assert_equal(tf.shape(images)[-1], num_pixels,
                                 message=f"serving_default: images must have shape [batch, {num_pixels}]"),
-      tf.debugging.assert_all_finite(images, "serving_default: images contain NaN or Inf"),
       tf.debugging.assert_greater_equal(images, tf.zeros([], images.dtype),
                                         message="serving_default: images must be in [0, 1]; found a pixel < 0"),
       tf.debugging.assert_less_equal(images, tf.ones([], images.dtype),
@@ -77,31 +77,30 @@ def _checked_images(images: tf.Tensor, num_pixels: int) -> tf.Tensor:
     return tf.identity(images)
 
 
+def _checked_finite(tensor: tf.Tensor, name: str) -> tf.Tensor:
+  """`tensor`, failing with a clear message if it holds NaN or Inf (instead of NaN outputs)."""
+  with tf.control_dependencies([tf.debugging.assert_all_finite(tensor, f"{name} contains NaN or Inf")]):
+    return tf.identity(tensor)
+
+
 def next_version_dir(base: str | os.PathLike) -> pathlib.Path:
-  """base/<n + 1> where n is the largest integer version already in base (1 if none)."""
+  """base/<n + 1> where n is the largest integer name in base, of a version or of any stray file (1 if none)."""
   base = pathlib.Path(base)
-  versions = [int(p.name) for p in base.glob("*") if p.is_dir() and re.fullmatch(r"\d+", p.name)]
+  versions = [int(p.name) for p in base.iterdir() if re.fullmatch(r"\d+", p.name)] if base.is_dir() else []
   return base / str(max(versions, default=0) + 1)
 
 
 def export_model(model: VAE, base: str | os.PathLike) -> pathlib.Path:
   """Writes base/<next version>/ (a SavedModel), via a temporary folder and a rename; never overwrites.
 
-  The graph is plain TensorFlow (kernels traced with `plain_graph_kernels`), so
-  a server without XLA enabled runs it.
+  The export owns `base` meanwhile (a concurrent export waits its turn as a clear error), and first
+  removes the temporary folders that interrupted exports left. The graph is plain TensorFlow (kernels
+  traced with `plain_graph_kernels`), so a server without XLA enabled runs it.
   """
-  base = pathlib.Path(base)
-  base.mkdir(parents=True, exist_ok=True)
   module = ServingModule(model)
-  target = next_version_dir(base)
-  temporary = base / f".tmp-{target.name}-{os.getpid()}"
-  try:
-    with plain_graph_kernels():
+  with files.owned_directory(base) as base:
+    target = next_version_dir(base)
+    with files.replacing(target) as temporary, plain_graph_kernels():
       tf.saved_model.save(module, str(temporary), signatures={
           "serving_default": module.encode, "decode": module.decode, "sample": module.sample})
-    if target.exists():
-      raise FileExistsError(f"{target} appeared during the export; run it again for the next version.")
-    os.rename(temporary, target)
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)
   return target
