@@ -25,7 +25,7 @@ from conftest import (
 )
 from tfggm import linalg
 from tfggm._testing import random_factor_bands
-from tfggm.linalg import _bands, _blocks, _row_substitution, _selected_inversion, _solve
+from tfggm.linalg import _bands, _blocks, _cholesky, _row_substitution, _selected_inversion, _solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,6 +413,28 @@ def test_matvecs_run_plain_below_the_size_threshold_and_compiled_above_it(n, bat
   for matvec, matrix in ((linalg.matvec, dense), (linalg.matvec_transpose, np.swapaxes(dense, -1, -2))):
     assert _has_xla_cluster(tf.function(lambda f=matvec: f(bands, x)).get_concrete_function().graph) == compiled
     np.testing.assert_allclose(matvec(bands, x), (matrix @ x[..., None])[..., 0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", _cholesky.CHOLESKY_ALGORITHMS)
+def test_cholesky_ignores_entries_outside_the_matrix(algorithm):
+  """bands[k, i] with i < k name no entry of P: changing them changes neither L nor the other gradients, and their
+  own gradient is zero."""
+  case = CASES["band3"]
+  clean = _precision_bands(case, np.float64)
+  outside = np.arange(case.n) < np.arange(case.bandwidth + 1)[:, None]
+  dirty = np.where(outside, 7.0, clean)
+  weights = _normal(clean.shape, np.float64, seed=2)
+  kernel = _cholesky_kernel(algorithm)
+  (want, want_gradient), (got, got_gradient) = [
+      _value_and_gradients(kernel, case, weights)(tf.constant(p)) for p in (clean, dirty)]
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(got_gradient[0], np.where(outside, 0.0, want_gradient[0]), rtol=1e-12, atol=1e-12)
+  np.testing.assert_array_equal(np.asarray(got_gradient[0])[..., outside], 0.0)
+
+
+def test_cholesky_rejects_unknown_algorithms():
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.cholesky(np.ones((2, 4)), algorithm="rows")
 
 
 def test_default_blocks_are_balanced_and_cover_bands_wider_than_n():

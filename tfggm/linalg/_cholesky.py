@@ -12,8 +12,14 @@ from tfggm.linalg._compilation import _gradient_raises, with_gradient
 CHOLESKY_ALGORITHMS = ("columns", "blocks")
 
 
-def cholesky_algorithm_for(bandwidth: int, algorithm: str | None = None) -> str:
-  """"columns" by default (see `cholesky`); checks an explicit choice."""
+def cholesky_algorithm_for(algorithm: str | None = None) -> str:
+  """"columns" unless asked otherwise; checks an explicit choice.
+
+  Measured (forward + gradient, CPU, 2 busy cores): "columns" beats "blocks" at
+  every benchmarked shape, b in {1, 4, 28}, n in {16, 784, 16384, 65536},
+  batch 1 to 128 (n = 65536, b = 4: 74 ms against 4.9 s; batch 128, n = 784,
+  b = 28: 0.27 s against 0.58 s), so "blocks" serves only second derivatives.
+  """
   if algorithm is None:
     return "columns"
   if algorithm not in CHOLESKY_ALGORITHMS:
@@ -48,7 +54,7 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None, algorith
   block = block_size_for(n, b, block_size)
   if b == 0:
     return tf.sqrt(precision_bands)
-  if cholesky_algorithm_for(b, algorithm) == "blocks":
+  if cholesky_algorithm_for(algorithm) == "blocks":
     return _block_cholesky(precision_bands, block)
   return _column_cholesky(precision_bands)
 

@@ -78,8 +78,8 @@ def column_cholesky(precision_bands: tf.Tensor) -> tf.Tensor:
 def column_cholesky_gradient(factor_bands: tf.Tensor, d_factor_bands: tf.Tensor) -> tf.Tensor:
   """d loss / d P (lower bands, [lanes, b + 1, n]) from L and G = d loss / d L: `column_cholesky` in reverse.
 
-  Step j = n-1 .. -b, carrying V = d loss / d W_{j+1} (b x b), with g the
-  adjoint of column j of L (G read by columns; l, L_jj as in the forward):
+  Step j = n-1 .. -b, with V = d loss / d W_{j+1} (b x b) and g the adjoint
+  of column j of L (G read by columns; l, L_jj as in the forward):
 
   ```none
   l_bar   = g[1:] - (V + V^T) l                             (W_{j+1} = S[1:, 1:] - l l^T)
@@ -91,7 +91,9 @@ def column_cholesky_gradient(factor_bands: tf.Tensor, d_factor_bands: tf.Tensor)
   decomposition", on the band). The forward reads only the lower triangle of
   S, so V and S_bar are lower triangular, and each band entry of P, which
   stands for both P[i, j] and P[j, i], gets its gradient from S_bar[b] alone.
-  n + b steps of O(b^2) per lane: O(n b^2).
+  The loop carries the symmetric U = V + V^T (no transpose per step; V is
+  its strict lower triangle and half its diagonal). n + b steps of O(b^2)
+  per lane: O(n b^2).
   """
   n, b = check_bands(factor_bands)
   columns = _time_major(shift_rows(inside(factor_bands), -1))  # columns[j, k] = L[j+k, j]
@@ -99,17 +101,18 @@ def column_cholesky_gradient(factor_bands: tf.Tensor, d_factor_bands: tf.Tensor)
   columns = tf.concat([_identity(b, columns), columns], 0)  # columns[j + b], j = -b .. n-1
   d_columns = tf.concat([tf.zeros_like(columns[:b]), d_columns], 0)
 
-  def step(t, adjoint):
+  def step(t, sym):
+    """sym = U = V + V^T."""
     j_plus_b = n + b - 1 - t
     column, d_column = columns[j_plus_b], d_columns[j_plus_b]
     diagonal, below = column[0], column[1:]
-    d_below = d_column[1:] - tf.reduce_sum((adjoint + tf.transpose(adjoint, [1, 0, 2])) * below, 1)
+    d_below = d_column[1:] - tf.reduce_sum(sym * below[:, tf.newaxis], 0)
     d_corner = (d_column[0] - tf.reduce_sum(d_below * below, 0) / diagonal) / (2 * diagonal)
-    first = tf.concat([d_corner[tf.newaxis], d_below / diagonal], 0)
-    s_bar = tf.concat([first[:, tf.newaxis], tf.concat([tf.zeros_like(adjoint[:1]), adjoint], 0)], 1)
-    return s_bar[:b, :b], tf.reverse(s_bar[b], [0])  # d P[j+b, j+c] by lag b - c
+    first = tf.concat([d_corner[tf.newaxis], d_below / diagonal], 0)  # S_bar[:, 0]
+    new_row = tf.concat([first[b:], sym[b - 1, :b - 1], sym[b - 1, b - 1:] / 2], 0)  # S_bar[b] = [., V[b-1]]
+    edge = tf.concat([2 * first[:1], first[1:b]], 0)  # U_j[:, 0] = U_j[0, :]
+    return tf.concat([edge[tf.newaxis], tf.concat([edge[1:, tf.newaxis], sym[:b - 1, :b - 1]], 1)], 0), new_row
 
-  zero = tf.zeros_like(columns[0, 0])
-  adjoint = tf.zeros([b, b, 1], columns.dtype) + zero  # V after the last column: nothing reads W_n
-  rows = tf.reverse(_loop(step, n + b, adjoint, columns[0]), [0])[:n]  # step t gave row n+b-1-t
-  return inside(_time_major(rows))
+  sym = tf.zeros([b, b, 1], columns.dtype) + tf.zeros_like(columns[0, 0])  # nothing reads W_n
+  rows = tf.reverse(_loop(step, n + b, sym, columns[0]), [0, 1])[:n]  # step t: row n+b-1-t, by c = b - lag
+  return _time_major(rows)  # zero outside the matrix: columns j < 0 get no adjoint
