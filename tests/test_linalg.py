@@ -432,6 +432,19 @@ def test_cholesky_ignores_entries_outside_the_matrix(algorithm):
   np.testing.assert_array_equal(np.asarray(got_gradient[0])[..., outside], 0.0)
 
 
+@pytest.mark.parametrize("algorithm", _cholesky.CHOLESKY_ALGORITHMS)
+@pytest.mark.parametrize("n,bandwidth", [(1, 2), (2, 5), (3, 1)])
+def test_cholesky_of_bands_wider_than_the_matrix(algorithm, n, bandwidth):
+  """n = 1 and n <= b with a non-zero band row: values against the dense reference, gradients against finite
+  differences (the column loop's padding steps and the rows past n)."""
+  case = Case(n, tuple(range(bandwidth + 1)), batch_shape=(2,))
+  kernel = _cholesky_kernel(algorithm)
+  (precision,) = kernel.inputs(case, np.float64)
+  np.testing.assert_allclose(kernel.compute(case, precision), kernel.reference(case, precision), rtol=1e-12,
+                             atol=1e-12)
+  assert_gradients_match(lambda p: kernel.compute(case, p), [precision], graph=False)
+
+
 def test_cholesky_rejects_unknown_algorithms():
   with pytest.raises(ValueError, match="algorithm"):
     linalg.cholesky(np.ones((2, 4)), algorithm="rows")

@@ -59,7 +59,7 @@ def column_cholesky(precision_bands: tf.Tensor) -> tf.Tensor:
   """
   n, b = check_bands(precision_bands)
   rows = _time_major(inside(precision_bands))
-  rows = tf.concat([rows, _identity(b, rows)], 0)  # row j+b of P for j = -b .. n-1; rows past n: the identity
+  rows = tf.concat([rows, tf.zeros_like(rows[:b])], 0)  # row j+b of P, j = -b .. n-1 (rows past n: never pivots)
   reversed_rows = tf.reverse(rows, [1])  # reversed_rows[i, c] = P[i, i-b+c]
 
   def step(t, window):
