@@ -25,7 +25,7 @@ from conftest import (
 )
 from tfggm import linalg
 from tfggm._testing import random_factor_bands
-from tfggm.linalg import _bands, _blocks, _row_substitution, _selected_inversion, _solve
+from tfggm.linalg import _bands, _blocks, _cholesky, _row_substitution, _selected_inversion, _solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +100,14 @@ def _wider_block(case: Case, width: int) -> int | None:
   return None if case.block_size is None else max(case.block_size, width)
 
 
+def _cholesky_kernel(algorithm: str) -> Kernel:
+  return Kernel(
+      "cholesky",
+      inputs=lambda case, dtype: (_precision_bands(case, dtype),),
+      compute=lambda case, p: linalg.cholesky(p, block_size=case.block_size, algorithm=algorithm),
+      reference=lambda case, p: band_of(np.linalg.cholesky(_symmetric(p)), case.bandwidth))
+
+
 def _full_factor(case, dtype):
   return (case.factor_bands(dtype=dtype, every_lag=True),)
 
@@ -114,11 +122,8 @@ KERNELS = {
     "solve_vec_transpose_samples": _solve_vec_kernel(transpose=True, num_samples=3),
     "matvec": _matvec_kernel(transpose=False),
     "matvec_transpose": _matvec_kernel(transpose=True),
-    "cholesky": Kernel(
-        "cholesky",
-        inputs=lambda case, dtype: (_precision_bands(case, dtype),),
-        compute=lambda case, p: linalg.cholesky(p, block_size=case.block_size),
-        reference=lambda case, p: band_of(np.linalg.cholesky(_symmetric(p)), case.bandwidth)),
+    "cholesky_columns": _cholesky_kernel("columns"),
+    "cholesky_blocks": _cholesky_kernel("blocks"),
     "product_with_transpose": Kernel(
         "product_with_transpose",
         inputs=_full_factor,
@@ -163,6 +168,7 @@ KERNELS = {
 # compile of each kernel and its gradient, 1-3 s): the grid alone, sparse lags and padded blocks.
 GRADIENT_CASES = ["band3", "grid", "broadcast", "n1", "lags_past_n"]
 SECOND_ORDER_CASES = ["band3", "grid"]
+FIRST_ORDER_ONLY = {"cholesky_columns": "cholesky with algorithm='columns' has a compiled first derivative only"}
 COMPILED_CASES = ["grid"]
 
 
@@ -196,8 +202,24 @@ def test_gradients_match_finite_differences(name, case_name):
 @pytest.mark.parametrize("case_name", SECOND_ORDER_CASES)
 @pytest.mark.parametrize("name", KERNELS)
 def test_second_derivatives_match_finite_differences(name, case_name):
+  """Or, for a kernel whose gradient is a compiled loop of its own (FIRST_ORDER_ONLY), a clear error."""
   kernel, case, inputs = _run(name, case_name)
-  assert_second_derivatives_match(lambda *xs: kernel.compute(case, *xs), inputs)
+  if name not in FIRST_ORDER_ONLY:
+    assert_second_derivatives_match(lambda *xs: kernel.compute(case, *xs), inputs)
+    return
+
+  def second_derivatives(*xs):
+    with tf.GradientTape() as outer:
+      outer.watch(xs)
+      with tf.GradientTape() as inner:
+        inner.watch(xs)
+        total = tf.reduce_sum(kernel.compute(case, *xs))
+      directional = tf.add_n([tf.reduce_sum(g) for g in inner.gradient(total, xs)])
+    return outer.gradient(directional, xs)
+
+  for run in (second_derivatives, tf.function(second_derivatives)):
+    with pytest.raises(NotImplementedError, match=FIRST_ORDER_ONLY[name]):
+      run(*[tf.constant(x) for x in inputs])
 
 
 def _value_and_gradients(kernel: Kernel, case: Case, weights: np.ndarray):
@@ -391,6 +413,41 @@ def test_matvecs_run_plain_below_the_size_threshold_and_compiled_above_it(n, bat
   for matvec, matrix in ((linalg.matvec, dense), (linalg.matvec_transpose, np.swapaxes(dense, -1, -2))):
     assert _has_xla_cluster(tf.function(lambda f=matvec: f(bands, x)).get_concrete_function().graph) == compiled
     np.testing.assert_allclose(matvec(bands, x), (matrix @ x[..., None])[..., 0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", _cholesky.CHOLESKY_ALGORITHMS)
+def test_cholesky_ignores_entries_outside_the_matrix(algorithm):
+  """bands[k, i] with i < k name no entry of P: changing them changes neither L nor the other gradients, and their
+  own gradient is zero."""
+  case = CASES["band3"]
+  clean = _precision_bands(case, np.float64)
+  outside = np.arange(case.n) < np.arange(case.bandwidth + 1)[:, None]
+  dirty = np.where(outside, 7.0, clean)
+  weights = _normal(clean.shape, np.float64, seed=2)
+  kernel = _cholesky_kernel(algorithm)
+  (want, want_gradient), (got, got_gradient) = [
+      _value_and_gradients(kernel, case, weights)(tf.constant(p)) for p in (clean, dirty)]
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(got_gradient[0], np.where(outside, 0.0, want_gradient[0]), rtol=1e-12, atol=1e-12)
+  np.testing.assert_array_equal(np.asarray(got_gradient[0])[..., outside], 0.0)
+
+
+@pytest.mark.parametrize("algorithm", _cholesky.CHOLESKY_ALGORITHMS)
+@pytest.mark.parametrize("n,bandwidth", [(1, 2), (2, 5), (3, 1)])
+def test_cholesky_of_bands_wider_than_the_matrix(algorithm, n, bandwidth):
+  """n = 1 and n <= b with a non-zero band row: values against the dense reference, gradients against finite
+  differences (the column loop's padding steps and the rows past n)."""
+  case = Case(n, tuple(range(bandwidth + 1)), batch_shape=(2,))
+  kernel = _cholesky_kernel(algorithm)
+  (precision,) = kernel.inputs(case, np.float64)
+  np.testing.assert_allclose(kernel.compute(case, precision), kernel.reference(case, precision), rtol=1e-12,
+                             atol=1e-12)
+  assert_gradients_match(lambda p: kernel.compute(case, p), [precision], graph=False)
+
+
+def test_cholesky_rejects_unknown_algorithms():
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.cholesky(np.ones((2, 4)), algorithm="rows")
 
 
 def test_default_blocks_are_balanced_and_cover_bands_wider_than_n():

@@ -3,8 +3,9 @@
 Every kernel is linear in n, batched over leading dimensions, float32 or float64, differentiable with banded
 gradients, and compiles under `jit_compile=True`. The gradients are built from the kernels themselves, so they
 are differentiable in turn (second derivatives, Hessian-vector products: each order one more banded backward
-pass), and `tf.Variable` arguments are read like tensors. The layout, block and compilation helpers behind them
-are private (`tfggm.linalg._*`); their compiled loops refuse to be differentiated directly, with an error.
+pass; except `cholesky`'s default algorithm, whose compiled gradient raises on a second derivative), and
+`tf.Variable` arguments are read like tensors. The layout, block and compilation helpers behind them are private
+(`tfggm.linalg._*`); their compiled loops refuse to be differentiated directly, with an error.
 
 | function | computes | cost |
 | --- | --- | --- |

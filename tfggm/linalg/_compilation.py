@@ -63,8 +63,10 @@ def xla_kernel(function: Callable | None = None, *, plain_below: int = 0, differ
   return call
 
 
-def _gradient_raises(result, inputs: Sequence[tf.Tensor], function: Callable):
+def _gradient_raises(result, inputs: Sequence[tf.Tensor], function: Callable, reason: str | None = None):
   """`result`, as a function of `inputs` whose gradient raises NotImplementedError (a compiled loop's).
+
+  The error names `function` and says why (by default: it is a compiled loop, differentiate the public function).
 
   The error is raised when the gradient is built: eagerly, or when a `tf.function` (XLA-compiled or not) traces
   its backward pass. Not while `tf.saved_model.save` traces every custom gradient of a model to store it: there
@@ -76,10 +78,9 @@ def _gradient_raises(result, inputs: Sequence[tf.Tensor], function: Callable):
     def gradient(*unused_gradients):
       if _in_save_context():
         return [None] * len(inputs)
-      raise NotImplementedError(
-          f"{function.__module__}.{function.__name__} is an XLA-compiled loop and TensorFlow cannot differentiate "
-          "it; differentiate the public tfggm.linalg function that calls it, whose custom gradient is banded and "
-          "differentiable again.")
+      raise NotImplementedError(f"{function.__module__}.{function.__name__} " + (reason or (
+          "is an XLA-compiled loop and TensorFlow cannot differentiate it; differentiate the public tfggm.linalg "
+          "function that calls it, whose custom gradient is banded and differentiable again.")))
     return tf.nest.map_structure(tf.identity, result), gradient
 
   return no_gradient(*inputs)
