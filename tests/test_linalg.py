@@ -368,7 +368,12 @@ def test_solve_picks_rows_for_few_columns_and_rejects_unknown_algorithms():
 
 def test_selected_inversion_picks_an_algorithm_by_shape_and_rejects_unknown_ones():
   pick = _selected_inversion.selected_inversion_algorithm_for
-  assert pick(16384, 4) == "rows" and pick(100, 3, "blocks") == "blocks"
+  assert pick(1, 28) == pick(128, 4) == pick(None, 28) == "rows" and pick(128, 28) == "blocks"
+  assert pick(128, 28, "rows") == "rows" and pick(1, 3, "blocks") == "blocks"
+  wide = random_factor_bands(24, 20, (170,), off_diagonal_scale=0.02)  # 170 x 20^2 > 2^16: "blocks", exactly
+  chosen = linalg.selected_inversion(wide)
+  np.testing.assert_array_equal(chosen, linalg.selected_inversion(wide, algorithm="blocks"))
+  np.testing.assert_allclose(chosen, band_of(_covariance(wide), 20), rtol=1e-9, atol=1e-12)
   with pytest.raises(ValueError, match="algorithm"):
     linalg.selected_inversion(random_factor_bands(4, 1), algorithm="dense")
   with pytest.raises(ValueError, match="algorithm"):

@@ -10,12 +10,17 @@ from tfggm.linalg._compilation import with_gradient, xla_kernel
 from tfggm.linalg._row_selected_inversion import row_selected_inversion, row_selected_inversion_adjoint
 
 SELECTED_INVERSION_ALGORITHMS = ("rows", "blocks")
+# "rows" carries a b' x b' window of Sigma per matrix, all lanes at once; past this many elements it leaves the cache
+# and "blocks" (matmuls) wins. Measured, forward + gradient (2 busy cores, rough): 1 x 784 x b = 28, float64: rows
+# 2.8 ms, blocks 6.6; 1 x 16384 x 28: 46 vs 91; 128 x 784 x 28, float32 (100,352 elements): rows 873, blocks 608.
+ROWS_MAX_WINDOW_ELEMENTS = 2**16
 
 
-def selected_inversion_algorithm_for(n: int, bandwidth: int, algorithm: str | None = None) -> str:
-  """"rows" (`row_selected_inversion`) unless measured slower than "blocks" for this n and band b'."""
+def selected_inversion_algorithm_for(num_lanes: int | None, bandwidth: int, algorithm: str | None = None) -> str:
+  """"rows" unless the windows of all lanes, num_lanes b'^2 elements, exceed `ROWS_MAX_WINDOW_ELEMENTS`."""
   if algorithm is None:
-    return "rows"
+    wide = num_lanes is not None and num_lanes * bandwidth**2 > ROWS_MAX_WINDOW_ELEMENTS
+    return "blocks" if wide else "rows"
   if algorithm not in SELECTED_INVERSION_ALGORITHMS:
     raise ValueError(f"algorithm must be one of {SELECTED_INVERSION_ALGORITHMS} or None; got {algorithm!r}.")
   return algorithm
@@ -57,7 +62,7 @@ def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
     bandwidth: the band of Sigma to return, b' >= b (default b). A wider band is
       what tr(P_2 Sigma_1) needs when P_2 is wider than L_1.
     block_size: B >= b' for "blocks" (default: `block_size_for(n, b')`).
-    algorithm: "rows", "blocks", or None to choose by shape (`selected_inversion_algorithm_for`).
+    algorithm: "rows", "blocks", or None to choose by batch size and b' (`selected_inversion_algorithm_for`).
 
   Returns:
     `sigma_bands[..., k, i] = Sigma[i, i - k]`, [..., b' + 1, n].
@@ -67,7 +72,7 @@ def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
   bandwidth = b if bandwidth is None else bandwidth
   if bandwidth < b:
     raise ValueError(f"bandwidth {bandwidth} must be >= the factor's bandwidth {b}.")
-  if selected_inversion_algorithm_for(n, bandwidth, algorithm) == "rows":
+  if selected_inversion_algorithm_for(factor_bands.shape[:-2].num_elements(), bandwidth, algorithm) == "rows":
     return _row_inversion(factor_bands, bandwidth)
   if bandwidth > b:
     rank = factor_bands.shape.rank
@@ -87,7 +92,7 @@ def marginal_variances(factor_bands: tf.Tensor, block_size: int | None = None, a
   """
   factor_bands = tf.convert_to_tensor(factor_bands)
   n, b = check_bands(factor_bands)
-  if selected_inversion_algorithm_for(n, b, algorithm) == "rows":
+  if selected_inversion_algorithm_for(factor_bands.shape[:-2].num_elements(), b, algorithm) == "rows":
     return _row_inversion(factor_bands, b)[..., 0, :]
   sigma_diag, _ = _covariance_diagonal_blocks(factor_bands, block_size_for(n, b, block_size))
   diagonal = tf.linalg.diag_part(sigma_diag)  # [..., m, B]
