@@ -25,7 +25,15 @@ from conftest import (
 )
 from tfggm import linalg
 from tfggm._testing import random_factor_bands
-from tfggm.linalg import _bands, _blocks, _cholesky, _row_substitution, _selected_inversion, _solve
+from tfggm.linalg import (
+  _bands,
+  _blocks,
+  _cholesky,
+  _row_selected_inversion,
+  _row_substitution,
+  _selected_inversion,
+  _solve,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +120,24 @@ def _full_factor(case, dtype):
   return (case.factor_bands(dtype=dtype, every_lag=True),)
 
 
+def _selected_inversion_kernel(algorithm: str | None, extra_width: int = 0) -> Kernel:
+  """The band b + extra_width of Sigma (a wider band is what tr(P_2 Sigma_1) needs for a wider P_2)."""
+  def compute(case, bands):
+    width = case.bandwidth + extra_width
+    return linalg.selected_inversion(bands, bandwidth=width, block_size=_wider_block(case, width), algorithm=algorithm)
+
+  return Kernel("selected_inversion", inputs=_full_factor, compute=compute,
+                reference=lambda case, bands: band_of(_covariance(bands), case.bandwidth + extra_width))
+
+
+def _marginal_variances_kernel(algorithm: str | None) -> Kernel:
+  return Kernel(
+      "marginal_variances",
+      inputs=_full_factor,
+      compute=lambda case, bands: linalg.marginal_variances(bands, block_size=case.block_size, algorithm=algorithm),
+      reference=lambda case, bands: np.diagonal(_covariance(bands), axis1=-2, axis2=-1))
+
+
 KERNELS = {
     "solve_rows": _solve_kernel("rows", transpose=False),
     "solve_rows_transpose": _solve_kernel("rows", transpose=True),
@@ -130,22 +156,13 @@ KERNELS = {
         compute=lambda case, bands: linalg.product_with_transpose(bands, block_size=case.block_size),
         reference=lambda case, bands: band_of(dense_lower(bands) @ np.swapaxes(dense_lower(bands), -1, -2),
                                               case.bandwidth)),
-    "selected_inversion": Kernel(
-        "selected_inversion",
-        inputs=_full_factor,
-        compute=lambda case, bands: linalg.selected_inversion(bands, block_size=case.block_size),
-        reference=lambda case, bands: band_of(_covariance(bands), case.bandwidth)),
-    "selected_inversion_wider": Kernel(  # the band b + 2 of Sigma, as tr(P_2 Sigma_1) needs for a wider P_2
-        "selected_inversion",
-        inputs=_full_factor,
-        compute=lambda case, bands: linalg.selected_inversion(bands, bandwidth=case.bandwidth + 2,
-                                                              block_size=_wider_block(case, case.bandwidth + 2)),
-        reference=lambda case, bands: band_of(_covariance(bands), case.bandwidth + 2)),
-    "marginal_variances": Kernel(
-        "marginal_variances",
-        inputs=_full_factor,
-        compute=lambda case, bands: linalg.marginal_variances(bands, block_size=case.block_size),
-        reference=lambda case, bands: np.diagonal(_covariance(bands), axis1=-2, axis2=-1)),
+    "selected_inversion": _selected_inversion_kernel(None),
+    "selected_inversion_rows": _selected_inversion_kernel("rows"),
+    "selected_inversion_rows_wider": _selected_inversion_kernel("rows", extra_width=2),
+    "selected_inversion_blocks": _selected_inversion_kernel("blocks"),
+    "selected_inversion_blocks_wider": _selected_inversion_kernel("blocks", extra_width=2),
+    "marginal_variances": _marginal_variances_kernel(None),
+    "marginal_variances_blocks": _marginal_variances_kernel("blocks"),
     "dense_from_bands": Kernel(
         "dense_from_bands",
         inputs=_full_factor,
@@ -299,6 +316,11 @@ LOOP_KERNELS = {
                          lambda: (random_factor_bands(10, 3, (2,)), _normal((2, 10, 1), np.float64))),
     "congruence_loop": (lambda f, q: _selected_inversion._congruence_loop(f, q, True),
                         lambda: (_normal((3, 2, 2), np.float64), _normal((3, 2, 2), np.float64))),
+    "row_selected_inversion": (lambda bands: _row_selected_inversion.row_selected_inversion(bands, 4),
+                               lambda: (random_factor_bands(10, 3, (2,)),)),
+    "row_selected_inversion_adjoint": (
+        lambda bands, sigma, d_sigma: _row_selected_inversion.row_selected_inversion_adjoint(bands, sigma, d_sigma),
+        lambda: (random_factor_bands(10, 3, (2,)), _normal((2, 5, 10), np.float64), _normal((2, 5, 10), np.float64))),
 }
 
 
@@ -372,6 +394,20 @@ def test_solve_picks_rows_for_few_columns_and_rejects_unknown_algorithms():
   assert _solve.solve_algorithm_for(None) == "blocks"
   with pytest.raises(ValueError, match="algorithm"):
     linalg.solve(random_factor_bands(4, 1), np.ones((4, 1)), algorithm="dense")
+
+
+def test_selected_inversion_picks_an_algorithm_by_shape_and_rejects_unknown_ones():
+  pick = _selected_inversion.selected_inversion_algorithm_for
+  assert pick(1, 28) == pick(128, 4) == pick(None, 28) == "rows" and pick(128, 28) == "blocks"
+  assert pick(128, 28, "rows") == "rows" and pick(1, 3, "blocks") == "blocks"
+  wide = random_factor_bands(24, 20, (170,), off_diagonal_scale=0.02)  # 170 x 20^2 > 2^16: "blocks", exactly
+  chosen = linalg.selected_inversion(wide)
+  np.testing.assert_array_equal(chosen, linalg.selected_inversion(wide, algorithm="blocks"))
+  np.testing.assert_allclose(chosen, band_of(_covariance(wide), 20), rtol=1e-9, atol=1e-12)
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.selected_inversion(random_factor_bands(4, 1), algorithm="dense")
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.marginal_variances(random_factor_bands(4, 1), algorithm="dense")
 
 
 @pytest.mark.parametrize("name", ["solve_rows", "solve_vec", "matvec", "bands_at_every_lag"])
