@@ -235,7 +235,7 @@ def memory_target(args) -> None:
 
 VAE_ROWS = {  # name -> (posterior, likelihood); ratios are taken to the first row of each group
     "posterior": [("diagonal", "bernoulli"), ("chain", "bernoulli"), ("extended_grid", "bernoulli"),
-                  ("full", "bernoulli")],
+                  ("gershgorin_grid", "bernoulli"), ("band4", "bernoulli"), ("full", "bernoulli")],
     "likelihood": [("diagonal", "logit_normal_diagonal"), ("diagonal", "logit_normal_grid"),
                    ("diagonal", "logit_normal_extended_grid")],
 }
@@ -253,7 +253,7 @@ def _warm_vae(posterior: str, likelihood: str, jit: bool, batch: int, steps: int
   return model, dataset
 
 
-def vae_step_records(jit: bool, repeats: int, batch: int = 100, steps: int = 50) -> list[dict]:
+def vae_step_records(jit: bool, repeats: int, batch: int = 32, steps: int = 100) -> list[dict]:
   """Seconds per `model.fit` step over `repeats` epochs of `steps`, the rows of a group interleaved
   (one epoch of each row per round), so that a drift of the machine's speed hits every row alike.
 

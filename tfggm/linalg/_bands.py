@@ -17,7 +17,9 @@ import tensorflow as tf
 
 from tfggm.linalg._compilation import with_gradient, xla_kernel
 
-PLAIN_BELOW_ELEMENTS = 2**16  # smaller matvecs run as plain ops (see `xla_kernel`)
+# Smaller matvecs run as plain ops (see `xla_kernel`): a few ops per lag, cheaper than launching a compiled cluster
+# for a VAE's latents (n = 16, batch 32: 512 elements), dearer from a few thousand elements (n = 784, b = 28).
+PLAIN_BELOW_ELEMENTS = 2**12
 
 
 def check_bands(bands: tf.Tensor) -> tuple[int, int]:
@@ -154,33 +156,53 @@ def sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
   return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
 
 
+def _lagged(x: tf.Tensor, lag: int) -> tf.Tensor:
+  """x shifted `lag` places along the last axis towards higher indices: out[i] = x[i - lag], zero where i < lag."""
+  size = int(x.shape[-1])
+  lag = min(lag, size)
+  return tf.pad(x[..., :size - lag], [[0, 0]] * (x.shape.rank - 1) + [[lag, 0]])
+
+
+def _leading(x: tf.Tensor, lag: int) -> tf.Tensor:
+  """x shifted `lag` places along the last axis towards lower indices: out[i] = x[i + lag], zero past the end."""
+  size = int(x.shape[-1])
+  lag = min(lag, size)
+  return tf.pad(x[..., lag:], [[0, 0]] * (x.shape.rank - 1) + [[0, lag]])
+
+
 @xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS, differentiable=True)
 def band_of_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
   """The band of rows @ columns^T at the given lags: out[..., j, i] = sum_r rows[i, r] columns[i - lags[j], r].
 
-  Columns shifted by each lag (`shift_rows`) times rows, summed over r:
-  O(n len(lags) r) flops and memory, never n x n. The gradient of every banded
-  kernel w.r.t. L has this form. One compiled kernel: the repeat, shift,
-  product and sum fuse into one pass over the [..., R, n] result instead of
-  several R n r intermediates. Loop-free, so TensorFlow differentiates it
-  (the second derivatives of the kernels whose gradient it is).
+  For each lag, rows times the columns shifted by it, summed over r, then
+  stacked: O(n len(lags) r) flops and memory, never n x n. The gradient of
+  every banded kernel w.r.t. L has this form. One compiled kernel: the shifts,
+  products, sums and the stack fuse into one pass that writes the [..., R, n]
+  result (the shifts are slices of the columns, not R shifted copies).
+  Loop-free, so TensorFlow differentiates it (the second derivatives of the
+  kernels whose gradient it is).
   """
-  columns_t = tf.linalg.matrix_transpose(columns)[..., tf.newaxis, :]  # [..., r, 1, n]
-  lagged = shift_rows(tf.repeat(columns_t, len(lags), axis=-2), +1, lags)  # [..., r, R, n]: columns[i - lags[j]]
-  return tf.reduce_sum(lagged * tf.linalg.matrix_transpose(rows)[..., tf.newaxis, :], axis=-3)
+  n = int(rows.shape[-2])
+  columns = tf.convert_to_tensor(columns, rows.dtype)
+  rank = columns.shape.rank
+
+  def lagged_columns(lag: int) -> tf.Tensor:  # columns[i - lag], zero where i < lag
+    lag = min(lag, n)
+    return tf.pad(columns[..., :n - lag, :], [[0, 0]] * (rank - 2) + [[lag, 0], [0, 0]])
+
+  return tf.stack([tf.reduce_sum(rows * lagged_columns(lag), axis=-1) for lag in lags], axis=-2)
 
 
 @xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS, differentiable=True)
 def _lower_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
-  """y[i] = sum_j bands[j, i] x[i - lags[j]]."""
-  shifted = shift_rows(tf.repeat(x[..., tf.newaxis, :], len(lags), axis=-2), +1, lags)  # x[i - lags[j]]
-  return tf.reduce_sum(bands * shifted, axis=-2)
+  """y[i] = sum_j bands[j, i] x[i - lags[j]]: one fused pass over the bands (each lag a slice of x)."""
+  return tf.add_n([bands[..., j, :] * _lagged(x, lag) for j, lag in enumerate(lags)])
 
 
 @xla_kernel(plain_below=PLAIN_BELOW_ELEMENTS, differentiable=True)
 def _upper_matvec(bands: tf.Tensor, x: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:
-  """y[i] = sum_j bands[j, i + lags[j]] x[i + lags[j]]."""
-  return tf.reduce_sum(shift_rows(bands * x[..., tf.newaxis, :], -1, lags), axis=-2)
+  """y[i] = sum_j bands[j, i + lags[j]] x[i + lags[j]]: one fused pass over the bands."""
+  return tf.add_n([_leading(bands[..., j, :] * x, lag) for j, lag in enumerate(lags)])
 
 
 def _band_of_vector_outer(rows: tf.Tensor, columns: tf.Tensor, lags: tuple[int, ...]) -> tf.Tensor:

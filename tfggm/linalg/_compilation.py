@@ -23,8 +23,8 @@ def xla_kernel(function: Callable | None = None, *, plain_below: int = 0, differ
 
   `plain_below`: a loop-free kernel whose tensor arguments have static shapes
   and fewer than this many elements in all runs as plain ops: launching a
-  compiled cluster costs ~0.1-0.2 ms, more than a few fused elementwise ops on
-  so little data (`scripts/benchmark.py`, log_prob at n = 784, b = 28, batch 1).
+  compiled cluster costs ~0.05-0.1 ms, more than a few elementwise ops on so
+  little data (a VAE's latents; `scripts/benchmark.py`, vae-steps).
 
   Gradients. `tf.Variable` arguments are read into tensors first, to be
   treated as tensors are (a variable handed straight to a compiled loop made
