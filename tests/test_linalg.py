@@ -185,7 +185,6 @@ KERNELS = {
 # compile of each kernel and its gradient, 1-3 s): the grid alone, sparse lags and padded blocks.
 GRADIENT_CASES = ["band3", "grid", "broadcast", "n1", "lags_past_n"]
 SECOND_ORDER_CASES = ["band3", "grid"]
-FIRST_ORDER_ONLY = {"cholesky_columns": "cholesky with algorithm='columns' has a compiled first derivative only"}
 COMPILED_CASES = ["grid"]
 
 
@@ -219,24 +218,8 @@ def test_gradients_match_finite_differences(name, case_name):
 @pytest.mark.parametrize("case_name", SECOND_ORDER_CASES)
 @pytest.mark.parametrize("name", KERNELS)
 def test_second_derivatives_match_finite_differences(name, case_name):
-  """Or, for a kernel whose gradient is a compiled loop of its own (FIRST_ORDER_ONLY), a clear error."""
   kernel, case, inputs = _run(name, case_name)
-  if name not in FIRST_ORDER_ONLY:
-    assert_second_derivatives_match(lambda *xs: kernel.compute(case, *xs), inputs)
-    return
-
-  def second_derivatives(*xs):
-    with tf.GradientTape() as outer:
-      outer.watch(xs)
-      with tf.GradientTape() as inner:
-        inner.watch(xs)
-        total = tf.reduce_sum(kernel.compute(case, *xs))
-      directional = tf.add_n([tf.reduce_sum(g) for g in inner.gradient(total, xs)])
-    return outer.gradient(directional, xs)
-
-  for run in (second_derivatives, tf.function(second_derivatives)):
-    with pytest.raises(NotImplementedError, match=FIRST_ORDER_ONLY[name]):
-      run(*[tf.constant(x) for x in inputs])
+  assert_second_derivatives_match(lambda *xs: kernel.compute(case, *xs), inputs)
 
 
 def _value_and_gradients(kernel: Kernel, case: Case, weights: np.ndarray):
@@ -285,7 +268,7 @@ def test_variables_give_the_gradients_of_tensors(name):
       np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["solve_rows_transpose", "selected_inversion"])
+@pytest.mark.parametrize("name", ["solve_rows_transpose", "selected_inversion", "cholesky_columns"])
 def test_second_derivatives_in_compiled_functions_equal_eager_ones(name):
   """Hessian-vector products (a tape over a tape) inside tf.function and jit_compile give the eager values."""
   kernel, case, inputs = _run(name, "grid")

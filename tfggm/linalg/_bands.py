@@ -150,10 +150,15 @@ def shift_rows(x: tf.Tensor, direction: int, lags=None) -> tf.Tensor:
   return skewed[..., :size]
 
 
-def sum_to_shape(x: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
-  """Sums x over the dims along which `shape` was broadcast to x's shape (a gradient's reduction)."""
-  _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(x), s1=shape)
-  return tf.reshape(tf.reduce_sum(x, axis=axes), shape)
+def sum_to_shape(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+  """Sums x over the dims along which `like`'s shape was broadcast to x's (a gradient's reduction).
+
+  No op at all where both shapes are static and equal, the common case.
+  """
+  if x.shape.is_fully_defined() and x.shape == like.shape:
+    return x
+  _, axes = tf.raw_ops.BroadcastGradientArgs(s0=tf.shape(x), s1=tf.shape(like))
+  return tf.reshape(tf.reduce_sum(x, axis=axes), tf.shape(like))
 
 
 def _lagged(x: tf.Tensor, lag: int) -> tf.Tensor:
@@ -230,7 +235,7 @@ def _banded_matvec(bands: tf.Tensor, x: tf.Tensor, transpose: bool, lags) -> tf.
     bands, x = inputs
     d_bands = _band_of_vector_outer(x, dy, lags) if transpose else _band_of_vector_outer(dy, x, lags)
     dx = _banded_matvec(bands, dy, not transpose, lags)
-    return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(dx, tf.shape(x))
+    return sum_to_shape(d_bands, bands), sum_to_shape(dx, x)
 
   return with_gradient(forward(tf.stop_gradient(bands), tf.stop_gradient(x), lags), (bands, x), vjp)
 

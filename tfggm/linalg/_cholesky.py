@@ -7,7 +7,7 @@ import tensorflow as tf
 from tfggm.linalg._bands import check_bands
 from tfggm.linalg._blocks import block_size_for, from_blocks, scan_blocks, to_blocks
 from tfggm.linalg._column_cholesky import column_cholesky, column_cholesky_gradient
-from tfggm.linalg._compilation import _gradient_raises, with_gradient
+from tfggm.linalg._compilation import gradient_differentiated_by, with_gradient
 
 CHOLESKY_ALGORITHMS = ("columns", "blocks")
 
@@ -18,7 +18,8 @@ def cholesky_algorithm_for(algorithm: str | None = None) -> str:
   Measured (forward + gradient, CPU, 2 busy cores): "columns" beats "blocks" at
   every benchmarked shape, b in {1, 4, 28}, n in {16, 784, 16384, 65536},
   batch 1 to 128 (n = 65536, b = 4: 74 ms against 4.9 s; batch 128, n = 784,
-  b = 28: 0.27 s against 0.58 s), so "blocks" serves only second derivatives.
+  b = 28: 0.27 s against 0.58 s), so "blocks" serves only second derivatives
+  (the columns' compiled gradient is differentiated through it).
   """
   if algorithm is None:
     return "columns"
@@ -36,8 +37,8 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None, algorith
 
   - "columns" (`column_cholesky`): one column of L per step, an XLA-compiled loop of
     n steps with the batch as the vector axis; its gradient is the reverse
-    recurrence, n more steps (`column_cholesky_gradient`). First derivatives
-    only: a second derivative raises NotImplementedError.
+    recurrence, n more steps (`column_cholesky_gradient`). Second and higher
+    derivatives differentiate the gradient of "blocks" (the same function).
   - "blocks" (`_block_cholesky`): m = n / B steps of B x B dense work, a plain
     `tf.scan` that TensorFlow differentiates to every order.
 
@@ -67,17 +68,16 @@ def _column_cholesky(precision_bands: tf.Tensor) -> tf.Tensor:
     return tf.reshape(bands, tf.concat([[-1], shape[-2:]], 0))
 
   def vjp(inputs, factor_bands, d_factor_bands):
+    (precision,) = inputs
     d_precision = tf.reshape(column_cholesky_gradient(lanes(factor_bands), lanes(d_factor_bands)), shape)
-    return [_gradient_raises(d_precision, [*inputs, factor_bands, d_factor_bands], cholesky, _NO_SECOND_DERIVATIVE)]
+    return [with_gradient(d_precision, (precision, d_factor_bands), _SECOND_ORDER)]
 
   factor_bands = tf.reshape(column_cholesky(lanes(tf.stop_gradient(precision_bands))), shape)
   factor_bands.set_shape(precision_bands.shape)
   return with_gradient(factor_bands, (precision_bands,), vjp)
 
 
-_NO_SECOND_DERIVATIVE = (
-    "with algorithm='columns' has a compiled first derivative only; for second derivatives (Hessian-vector "
-    "products) call it with algorithm='blocks', which TensorFlow differentiates to every order.")
+_SECOND_ORDER = gradient_differentiated_by(lambda precision: cholesky(precision, algorithm="blocks"))
 
 
 def _block_cholesky(precision_bands: tf.Tensor, block: int) -> tf.Tensor:

@@ -63,10 +63,8 @@ def xla_kernel(function: Callable | None = None, *, plain_below: int = 0, differ
   return call
 
 
-def _gradient_raises(result, inputs: Sequence[tf.Tensor], function: Callable, reason: str | None = None):
+def _gradient_raises(result, inputs: Sequence[tf.Tensor], function: Callable):
   """`result`, as a function of `inputs` whose gradient raises NotImplementedError (a compiled loop's).
-
-  The error names `function` and says why (by default: it is a compiled loop, differentiate the public function).
 
   The error is raised when the gradient is built: eagerly, or when a `tf.function` (XLA-compiled or not) traces
   its backward pass. Not while `tf.saved_model.save` traces every custom gradient of a model to store it: there
@@ -78,9 +76,10 @@ def _gradient_raises(result, inputs: Sequence[tf.Tensor], function: Callable, re
     def gradient(*unused_gradients):
       if _in_save_context():
         return [None] * len(inputs)
-      raise NotImplementedError(f"{function.__module__}.{function.__name__} " + (reason or (
-          "is an XLA-compiled loop and TensorFlow cannot differentiate it; differentiate the public tfggm.linalg "
-          "function that calls it, whose custom gradient is banded and differentiable again.")))
+      raise NotImplementedError(
+          f"{function.__module__}.{function.__name__} is an XLA-compiled loop and TensorFlow cannot differentiate "
+          "it; differentiate the public tfggm.linalg function that calls it, whose custom gradient is banded and "
+          "differentiable again.")
     return tf.nest.map_structure(tf.identity, result), gradient
 
   return no_gradient(*inputs)
@@ -118,6 +117,34 @@ def with_gradient(output: tf.Tensor, inputs: Sequence[tf.Tensor], vjp: Callable)
     return tf.identity(output), gradient
 
   return attached(*inputs)
+
+
+def gradient_differentiated_by(function: Callable[[tf.Tensor], tf.Tensor]) -> Callable:
+  """A `with_gradient` vjp for a compiled first derivative g(x, dy) = (d function / dx)^T dy of x.
+
+  The compiled loops' gradients (the column Cholesky's, the row selected inversion's) are loops too, which
+  TensorFlow cannot differentiate. Their value equals the gradient of `function`, the same map computed by
+  differentiable ops (the block forms), so their own vjp is that of `function`'s gradient:
+
+  ```none
+  (x, dy) -> (d/dx, d/d dy) of <(d function / dx)^T dy, dd>
+  ```
+
+  A second derivative (a Hessian-vector product) costs one backward pass of the block form more; first
+  derivatives never touch it.
+  """
+
+  def vjp(inputs, unused_gradient, d_gradient):
+    x, dy = inputs
+    with tf.GradientTape() as outer:
+      outer.watch([x, dy])
+      with tf.GradientTape() as inner:
+        inner.watch(x)
+        y = function(x)
+      gradient = inner.gradient(y, x, output_gradients=dy)
+    return outer.gradient(gradient, [x, dy], output_gradients=d_gradient)
+
+  return vjp
 
 
 def _static_size(structure) -> float:

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfggm.linalg._bands import check_bands
 from tfggm.linalg._blocks import block_size_for, from_blocks, scan_blocks, shift_blocks, to_blocks
-from tfggm.linalg._compilation import with_gradient, xla_kernel
+from tfggm.linalg._compilation import gradient_differentiated_by, with_gradient, xla_kernel
 from tfggm.linalg._row_selected_inversion import row_selected_inversion, row_selected_inversion_adjoint
 
 SELECTED_INVERSION_ALGORITHMS = ("rows", "blocks")
@@ -109,10 +109,13 @@ def _row_inversion(factor_bands: tf.Tensor, bandwidth: int) -> tf.Tensor:
   if b == 0:
     return tf.pad(tf.math.reciprocal(tf.square(factor_bands)), [[0, 0]] * (rank - 2) + [[0, bandwidth], [0, 0]])
 
+  second_order = gradient_differentiated_by(
+      lambda bands: selected_inversion(bands, bandwidth=bandwidth, algorithm="blocks"))
+
   def vjp(inputs, sigma, d_sigma):
     (bands,) = inputs
     d_bands = _over_lanes(row_selected_inversion_adjoint, bands, sigma, d_sigma)
-    return (with_gradient(d_bands, (bands, d_sigma), _blocks_second_order),)
+    return (with_gradient(d_bands, (bands, d_sigma), second_order),)
 
   sigma = _over_lanes(lambda bands: row_selected_inversion(bands, bandwidth), factor_bands)
   return with_gradient(sigma, (factor_bands,), vjp)
@@ -124,19 +127,6 @@ def _over_lanes(kernel, *bands: tf.Tensor) -> tf.Tensor:
   flat = [tf.reshape(x, tf.concat([[-1], tf.shape(x)[-2:]], 0)) for x in bands]
   result = kernel(*flat)
   return tf.reshape(result, tf.concat([batch, tf.shape(result)[-2:]], 0))
-
-
-def _blocks_second_order(inputs, unused_d_bands, dd_bands):
-  """The vjp of the "rows" gradient d_bands(bands, d_sigma), as the derivative of the "blocks" gradient (the same
-  function, differentiable to every order): a Hessian-vector product costs one "blocks" backward pass more."""
-  bands, d_sigma = inputs
-  with tf.GradientTape() as outer:
-    outer.watch([bands, d_sigma])
-    with tf.GradientTape() as inner:
-      inner.watch(bands)
-      sigma = selected_inversion(bands, bandwidth=int(d_sigma.shape[-2]) - 1, algorithm="blocks")
-    first = inner.gradient(sigma, bands, output_gradients=d_sigma)
-  return outer.gradient(first, [bands, d_sigma], output_gradients=dd_bands)
 
 
 def _covariance_diagonal_blocks(factor_bands: tf.Tensor, block: int) -> tuple[tf.Tensor, tf.Tensor]:

@@ -121,7 +121,7 @@ def solve(bands: tf.Tensor, rhs: tf.Tensor, transpose: bool = False,
     w = solve(bands, dy, not transpose, block, algorithm, lags)
     rows, columns = (y, -w) if transpose else (-w, y)  # negate the n r vectors, not the R n r band
     d_bands = _band_of_outer_by(rows, columns, lags, block, algorithm)
-    return sum_to_shape(d_bands, tf.shape(bands)), sum_to_shape(w, tf.shape(rhs))
+    return sum_to_shape(d_bands, bands), sum_to_shape(w, rhs)
 
   y = substitute(tf.stop_gradient(bands), tf.stop_gradient(rhs), transpose, block, lags)
   return with_gradient(y, (bands, rhs), vjp)
