@@ -326,8 +326,9 @@ def test_sample_is_bounded_checks_its_output_path_first_and_reports_the_file_it_
 
 @pytest.mark.parametrize("flag,value", [("--activation", "foo"), ("--seed", "-1"), ("--learning-rate", "inf")])
 def test_a_bad_flag_is_one_line_naming_it_and_the_directory_stays_usable(tiny_mnist, tmp_path, capsys, flag, value):
-  run = tmp_path / "run"
+  run, hook = tmp_path / "run", sys.unraisablehook
   assert cli.main(_train_cli(run, tiny_mnist, "--epochs", 1, flag, value)) == 2
+  assert sys.unraisablehook is hook  # the quiet command's hook is its own, not its caller's
   err = capsys.readouterr().err
   assert f"argument {flag}" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
   assert not (run / "config.json").exists()

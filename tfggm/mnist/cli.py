@@ -25,10 +25,11 @@ def _positive(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-  """argparse type: an integer in [0, 2**31 - 1], what TensorFlow's seeds hold."""
+  """argparse type: an integer in [0, MAX_SEED], the seeds every consumer takes (`tfggm.mnist.config`)."""
+  from tfggm.mnist.config import MAX_SEED
   value = int(text)
-  if not 0 <= value < 2**31:
-    raise argparse.ArgumentTypeError(f"must be in [0, 2**31 - 1]; got {value}")
+  if not 0 <= value <= MAX_SEED:
+    raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}]; got {value}")
   return value
 
 
@@ -88,22 +89,17 @@ def _config_from(args):
   """The VAEConfig of the flags; a bad value is a ConfigError naming its flag."""
   from tfggm.mnist.config import ConfigError, VAEConfig
   try:
-    return _unchecked_config_from(args, VAEConfig)
+    return VAEConfig(
+        posterior=args.posterior, likelihood=args.likelihood, latent_dim=args.latent_dim,
+        hidden_units=tuple(args.hidden_units), activation=args.activation, objective=args.objective,
+        num_samples=args.num_samples, analytic_kl=not args.monte_carlo_kl, warmup_epochs=args.warmup_epochs,
+        learning_rate=args.learning_rate, clip_global_norm=args.clip_global_norm or None,
+        batch_size=args.batch_size, epochs=args.epochs, alpha=args.alpha, seed=args.seed,
+        max_examples=args.max_examples, jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
   except ConfigError as error:
-    field = getattr(error, "field", None)
-    if field is None:
+    if error.field is None:
       raise
-    raise ConfigError(f"argument {FLAGS.get(field, '--' + field.replace('_', '-'))}: {error}") from None
-
-
-def _unchecked_config_from(args, VAEConfig):
-  return VAEConfig(
-      posterior=args.posterior, likelihood=args.likelihood, latent_dim=args.latent_dim,
-      hidden_units=tuple(args.hidden_units), activation=args.activation, objective=args.objective,
-      num_samples=args.num_samples, analytic_kl=not args.monte_carlo_kl, warmup_epochs=args.warmup_epochs,
-      learning_rate=args.learning_rate, clip_global_norm=args.clip_global_norm or None,
-      batch_size=args.batch_size, epochs=args.epochs, alpha=args.alpha, seed=args.seed,
-      max_examples=args.max_examples, jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
+    raise ConfigError(f"argument {FLAGS.get(error.field, '--' + error.field.replace('_', '-'))}: {error}") from None
 
 
 def _train(args) -> None:
@@ -255,14 +251,17 @@ def main(argv: list[str] | None = None) -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   args = build_parser().parse_args(argv)
   import tensorflow as tf
-  if not getattr(args, "verbose", False):
+  quiet = not getattr(args, "verbose", False)
+  if quiet:
     tf.get_logger().setLevel("ERROR")
-    sys.unraisablehook = lambda unraisable: None  # e.g. h5py's reports while freeing a file a full disk cut
   from tfggm.mnist.config import ConfigError
   from tfggm.mnist.data import DataError
   from tfggm.mnist.files import DirectoryBusy
   from tfggm.mnist.rundir import RunDirectoryError
   from tfggm.mnist.training import TrainingDiverged
+  unraisablehook = sys.unraisablehook
+  if quiet:
+    sys.unraisablehook = lambda unraisable: None  # e.g. h5py's reports while freeing a file a full disk cut
   try:
     args.handler(args)
   except (ConfigError, DataError, DirectoryBusy, RunDirectoryError, OSError, tf.errors.ResourceExhaustedError,
@@ -275,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"tfggm {args.command}: interrupted; run the same command again to resume.", file=sys.stderr)
     return 130
+  finally:
+    sys.unraisablehook = unraisablehook
   return 0
 
 
