@@ -257,9 +257,9 @@ def vae_step_records(jit: bool, repeats: int, batch: int = 32, steps: int = 100)
   """Seconds per `model.fit` step over `repeats` epochs of `steps`, the rows of a group interleaved
   (one epoch of each row per round), so that a drift of the machine's speed hits every row alike.
 
-  Each row reports the median and the fastest epoch: on this 2-vCPU virtual machine whole epochs run at
-  either of two speeds, about 2x apart, for any row (a thread descheduled for the epoch), so a median
-  of few epochs can land on either; the fastest epoch is the cost of the step itself.
+  Each row reports every epoch, their median and the fastest: on this 2-vCPU virtual machine whole epochs run
+  at either of two speeds, about 2x apart, for any row (a thread descheduled for the epoch), so the report
+  compares rows by the median over rounds of the ratio of epochs of the same round (`vae_ratios`).
   """
   records = []
   for group, rows in VAE_ROWS.items():
@@ -271,8 +271,9 @@ def vae_step_records(jit: bool, repeats: int, batch: int = 32, steps: int = 100)
         model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
         times.append((time.perf_counter() - start) / steps)
     for (posterior, likelihood), times in zip(rows, seconds):
-      records.append(dict(group=group, posterior=posterior, likelihood=likelihood, jit=jit,
-                          seconds=float(np.median(times)), fastest_seconds=min(times), epoch_seconds=times))
+      records.append(dict(group=group, posterior=posterior, likelihood=likelihood, jit=jit, batch=batch,
+                          steps=steps, seconds=float(np.median(times)), fastest_seconds=min(times),
+                          epoch_seconds=times))
       print(f"  VAE step {posterior:14s} {likelihood:28s} jit={int(jit)} median {1e3 * records[-1]['seconds']:8.2f} "
             f"ms, fastest {1e3 * records[-1]['fastest_seconds']:8.2f} ms", flush=True)
   return records

@@ -381,7 +381,8 @@ def test_solve_picks_rows_for_few_columns_and_rejects_unknown_algorithms():
 
 def test_selected_inversion_picks_an_algorithm_by_shape_and_rejects_unknown_ones():
   pick = _selected_inversion.selected_inversion_algorithm_for
-  assert pick(1, 28) == pick(128, 4) == pick(None, 28) == "rows" and pick(128, 28) == "blocks"
+  assert pick(1, 28) == pick(128, 4) == pick(None, 28) == pick(1, 32) == "rows"
+  assert pick(128, 28) == pick(1, 33) == pick(None, 64) == "blocks"
   assert pick(128, 28, "rows") == "rows" and pick(1, 3, "blocks") == "blocks"
   wide = random_factor_bands(24, 20, (170,), off_diagonal_scale=0.02)  # 170 x 20^2 > 2^16: "blocks", exactly
   chosen = linalg.selected_inversion(wide)
@@ -391,6 +392,19 @@ def test_selected_inversion_picks_an_algorithm_by_shape_and_rejects_unknown_ones
     linalg.selected_inversion(random_factor_bands(4, 1), algorithm="dense")
   with pytest.raises(ValueError, match="algorithm"):
     linalg.marginal_variances(random_factor_bands(4, 1), algorithm="dense")
+
+
+def test_cholesky_picks_columns_up_to_b_64_and_blocks_past_it():
+  pick = _cholesky.cholesky_algorithm_for
+  assert pick(1) == pick(_cholesky.COLUMNS_MAX_BANDWIDTH) == "columns"
+  assert pick(_cholesky.COLUMNS_MAX_BANDWIDTH + 1) == "blocks" and pick(1, "blocks") == "blocks"
+  factor = random_factor_bands(80, 65, (2,), off_diagonal_scale=0.01)
+  precision = linalg.product_with_transpose(factor)
+  chosen = linalg.cholesky(precision)
+  np.testing.assert_array_equal(chosen, linalg.cholesky(precision, algorithm="blocks"))
+  np.testing.assert_allclose(chosen, factor, rtol=1e-9, atol=1e-12)
+  with pytest.raises(ValueError, match="algorithm"):
+    linalg.cholesky(precision, algorithm="dense")
 
 
 @pytest.mark.parametrize("name", ["solve_rows", "solve_vec", "matvec", "bands_at_every_lag"])

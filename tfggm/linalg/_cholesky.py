@@ -12,17 +12,22 @@ from tfggm.linalg._compilation import gradient_differentiated_by, with_gradient
 CHOLESKY_ALGORITHMS = ("columns", "blocks")
 
 
-def cholesky_algorithm_for(algorithm: str | None = None) -> str:
-  """"columns" unless asked otherwise; checks an explicit choice.
+COLUMNS_MAX_BANDWIDTH = 64
+
+
+def cholesky_algorithm_for(bandwidth: int, algorithm: str | None = None) -> str:
+  """"columns" up to b = `COLUMNS_MAX_BANDWIDTH`, "blocks" past it; checks an explicit choice.
 
   Measured (forward + gradient, CPU, 2 busy cores): "columns" beats "blocks" at
-  every benchmarked shape, b in {1, 4, 28}, n in {16, 784, 16384, 65536},
+  every benchmarked shape with b in {1, 4, 28}, n in {16, 784, 16384, 65536},
   batch 1 to 128 (n = 65536, b = 4: 74 ms against 4.9 s; batch 128, n = 784,
-  b = 28: 0.27 s against 0.58 s), so "blocks" serves only second derivatives
-  (the columns' compiled gradient is differentiated through it).
+  b = 28: 0.27 s against 0.58 s). Forward, quiet: at b = 64 they tie (batch 128,
+  n = 784: 228 ms against 245 ms), at b = 256 the blocks' matmuls win (batch 1,
+  n = 784: 14 ms against 29 ms), where the b x b window moved at every step is
+  256 x 256. "blocks" also serves the second derivatives of "columns".
   """
   if algorithm is None:
-    return "columns"
+    return "columns" if bandwidth <= COLUMNS_MAX_BANDWIDTH else "blocks"
   if algorithm not in CHOLESKY_ALGORITHMS:
     raise ValueError(f"algorithm must be one of {CHOLESKY_ALGORITHMS} or None; got {algorithm!r}.")
   return algorithm
@@ -45,7 +50,7 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None, algorith
   Args:
     precision_bands: lower bands of P, [..., b + 1, n] (`bands[k, i] = P[i, i-k]`).
     block_size: B for "blocks" (default: `block_size_for(n, b)`).
-    algorithm: "columns", "blocks", or None (`cholesky_algorithm_for`).
+    algorithm: "columns", "blocks", or None to choose by b (`cholesky_algorithm_for`).
 
   Returns:
     bands of L, [..., b + 1, n].
@@ -55,7 +60,7 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None, algorith
   block = block_size_for(n, b, block_size)
   if b == 0:
     return tf.sqrt(precision_bands)
-  if cholesky_algorithm_for(algorithm) == "blocks":
+  if cholesky_algorithm_for(b, algorithm) == "blocks":
     return _block_cholesky(precision_bands, block)
   return _column_cholesky(precision_bands)
 

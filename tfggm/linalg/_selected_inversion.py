@@ -10,16 +10,21 @@ from tfggm.linalg._compilation import gradient_differentiated_by, with_gradient,
 from tfggm.linalg._row_selected_inversion import row_selected_inversion, row_selected_inversion_adjoint
 
 SELECTED_INVERSION_ALGORITHMS = ("rows", "blocks")
-# "rows" carries a b' x b' window of Sigma per matrix, all lanes at once; past this many elements it leaves the cache
-# and "blocks" (matmuls) wins. Measured, forward + gradient (2 busy cores, rough): 1 x 784 x b = 28, float64: rows
+# "rows" carries a b' x b' window of Sigma per matrix, all lanes at once, moved by one row and column per step; past
+# this many elements in all it leaves the cache, and past this b' one matrix's window costs more to move than the
+# blocks' matmuls: "blocks" wins. Measured, forward + gradient (2 busy cores, rough): 1 x 784 x b = 28, float64: rows
 # 2.8 ms, blocks 6.6; 1 x 16384 x 28: 46 vs 91; 128 x 784 x 28, float32 (100,352 elements): rows 873, blocks 608.
+# Variance (forward, float32, quiet): 1 x 784 x 28: rows 0.7 ms, blocks 1.4; 1 x 784 x 256: rows 34, blocks 6.
 ROWS_MAX_WINDOW_ELEMENTS = 2**16
+ROWS_MAX_BANDWIDTH = 32
 
 
 def selected_inversion_algorithm_for(num_lanes: int | None, bandwidth: int, algorithm: str | None = None) -> str:
-  """"rows" unless the windows of all lanes, num_lanes b'^2 elements, exceed `ROWS_MAX_WINDOW_ELEMENTS`."""
+  """"rows" unless b' > `ROWS_MAX_BANDWIDTH` or the windows of all lanes, num_lanes b'^2 elements, exceed
+  `ROWS_MAX_WINDOW_ELEMENTS`."""
   if algorithm is None:
-    wide = num_lanes is not None and num_lanes * bandwidth**2 > ROWS_MAX_WINDOW_ELEMENTS
+    wide = bandwidth > ROWS_MAX_BANDWIDTH or (num_lanes is not None and num_lanes * bandwidth**2
+                                               > ROWS_MAX_WINDOW_ELEMENTS)
     return "blocks" if wide else "rows"
   if algorithm not in SELECTED_INVERSION_ALGORITHMS:
     raise ValueError(f"algorithm must be one of {SELECTED_INVERSION_ALGORITHMS} or None; got {algorithm!r}.")
