@@ -174,6 +174,9 @@ def _installed(distribution: str) -> bool:
 def kernels(args) -> None:
   """Every implementation at the kernel shapes; with --remeasure, only --operations again."""
   stored = load(args.out).get("kernels", {})
+  if args.remeasure and not stored.get("records"):
+    raise SystemExit(f"--remeasure keeps the other operations of a finished kernels section, and "
+                     f"{args.out.with_suffix('.json')} has none: run `kernels` without it first.")
   started = dict(meta=meta(args), bandwidth=stored.get("bandwidth") or copy_bandwidth(), records=[])
   if args.remeasure:  # keep the other operations' records of the finished run
     started["records"] = [r for r in stored["records"] if r["operation"] not in args.operations]

@@ -29,6 +29,7 @@ from tfggm.linalg import (
   _bands,
   _blocks,
   _cholesky,
+  _column_cholesky,
   _row_selected_inversion,
   _row_substitution,
   _selected_inversion,
@@ -304,6 +305,10 @@ LOOP_KERNELS = {
     "row_selected_inversion_adjoint": (
         lambda bands, sigma, d_sigma: _row_selected_inversion.row_selected_inversion_adjoint(bands, sigma, d_sigma),
         lambda: (random_factor_bands(10, 3, (2,)), _normal((2, 5, 10), np.float64), _normal((2, 5, 10), np.float64))),
+    "column_cholesky": (_column_cholesky.column_cholesky,
+                        lambda: (np.asarray(linalg.product_with_transpose(random_factor_bands(10, 3, (2,)))),)),
+    "column_cholesky_gradient": (_column_cholesky.column_cholesky_gradient,
+                                 lambda: (random_factor_bands(10, 3, (2,)), _normal((2, 4, 10), np.float64))),
 }
 
 
@@ -341,6 +346,20 @@ def test_loop_free_compiled_kernels_are_differentiable_directly(name):
       rng.normal(size=(2, 10, 2)), rng.normal(size=(2, 10, 2)))
   assert_gradients_match(LOOP_FREE_KERNELS[name], [first, second], graph=False)
   assert_second_derivatives_match(LOOP_FREE_KERNELS[name], [first, second])
+
+
+@pytest.mark.parametrize("num_lags", [_bands.STACKED_MAX_LAGS, _bands.STACKED_MAX_LAGS + 1])
+def test_band_of_outer_either_side_of_the_stacked_limit_matches_the_dense_product(num_lags):
+  """Stacked per lag up to STACKED_MAX_LAGS lags, shifted all at once past it: both the band of rows @ columns^T,
+  lags reaching past n included, with gradients."""
+  rng = np.random.default_rng(6)
+  n = num_lags - 3  # the last lags lie past n
+  rows, columns = rng.normal(size=(2, 2, n, 3))
+  lags = tuple(range(num_lags))
+  dense = rows @ np.swapaxes(columns, -1, -2)  # [2, n, n]
+  want = np.stack([[dense[:, i, i - k] if i >= k else np.zeros(2) for i in range(n)] for k in lags]).transpose(2, 0, 1)
+  np.testing.assert_allclose(_bands.band_of_outer(rows, columns, lags), want, rtol=1e-12, atol=1e-12)
+  assert_gradients_match(lambda r, c: _bands.band_of_outer(r, c, lags), [rows, columns], graph=False)
 
 
 # --- layouts, algorithm choice, compilation ---------------------------------------------------------------------
@@ -392,6 +411,9 @@ def test_selected_inversion_picks_an_algorithm_by_shape_and_rejects_unknown_ones
     linalg.selected_inversion(random_factor_bands(4, 1), algorithm="dense")
   with pytest.raises(ValueError, match="algorithm"):
     linalg.marginal_variances(random_factor_bands(4, 1), algorithm="dense")
+  for compute in (linalg.selected_inversion, linalg.marginal_variances):  # checked whichever algorithm runs
+    with pytest.raises(ValueError, match="block_size"):
+      compute(random_factor_bands(8, 3), block_size=1)
 
 
 def test_cholesky_picks_columns_up_to_b_64_and_blocks_past_it():
@@ -405,6 +427,8 @@ def test_cholesky_picks_columns_up_to_b_64_and_blocks_past_it():
   np.testing.assert_allclose(chosen, factor, rtol=1e-9, atol=1e-12)
   with pytest.raises(ValueError, match="algorithm"):
     linalg.cholesky(precision, algorithm="dense")
+  with pytest.raises(ValueError, match="algorithm"):  # a diagonal P too, which needs no algorithm
+    linalg.cholesky(np.ones((1, 5)), algorithm="dense")
 
 
 @pytest.mark.parametrize("name", ["solve_rows", "solve_vec", "matvec", "bands_at_every_lag"])

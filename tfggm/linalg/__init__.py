@@ -3,7 +3,8 @@
 Every kernel is linear in n, batched over leading dimensions, float32 or float64, differentiable with banded
 gradients, and compiles under `jit_compile=True`. The gradients are built from the kernels themselves, so they
 are differentiable in turn (second derivatives, Hessian-vector products: each order one more banded backward
-pass; except `cholesky`'s default algorithm, whose compiled gradient raises on a second derivative), and
+pass; the compiled gradients of `cholesky` and `selected_inversion` are differentiated through their block forms),
+and
 `tf.Variable` arguments are read like tensors. The layout, block and compilation helpers behind them are private
 (`tfggm.linalg._*`); their compiled loops refuse to be differentiated directly, with an error.
 

@@ -41,8 +41,10 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None, algorith
   outside the matrix and are ignored. Two algorithms, both O(n b^2):
 
   - "columns" (`column_cholesky`): one column of L per step, an XLA-compiled loop of
-    n steps with the batch as the vector axis; its gradient is the reverse
-    recurrence, n more steps (`column_cholesky_gradient`). Second and higher
+    n + b steps with the batch as the vector axis; its gradient is the reverse
+    recurrence, n + b more steps (`column_cholesky_gradient`). A P that is not
+    positive definite gives NaN (the square root of a negative pivot), where
+    "blocks" outside XLA raises TensorFlow's Cholesky error. Second and higher
     derivatives differentiate the gradient of "blocks" (the same function).
   - "blocks" (`_block_cholesky`): m = n / B steps of B x B dense work, a plain
     `tf.scan` that TensorFlow differentiates to every order.
@@ -58,14 +60,15 @@ def cholesky(precision_bands: tf.Tensor, block_size: int | None = None, algorith
   precision_bands = tf.convert_to_tensor(precision_bands)
   n, b = check_bands(precision_bands)
   block = block_size_for(n, b, block_size)
+  algorithm = cholesky_algorithm_for(b, algorithm)
   if b == 0:
     return tf.sqrt(precision_bands)
-  if cholesky_algorithm_for(b, algorithm) == "blocks":
+  if algorithm == "blocks":
     return _block_cholesky(precision_bands, block)
-  return _column_cholesky(precision_bands)
+  return _cholesky_by_columns(precision_bands)
 
 
-def _column_cholesky(precision_bands: tf.Tensor) -> tf.Tensor:
+def _cholesky_by_columns(precision_bands: tf.Tensor) -> tf.Tensor:
   """`column_cholesky` on the batch flattened into lanes, with `column_cholesky_gradient` as its gradient."""
   shape = tf.shape(precision_bands)
 

@@ -130,8 +130,8 @@ def gradient_differentiated_by(function: Callable[[tf.Tensor], tf.Tensor]) -> Ca
   (x, dy) -> (d/dx, d/d dy) of <(d function / dx)^T dy, dd>
   ```
 
-  A second derivative (a Hessian-vector product) costs one backward pass of the block form more; first
-  derivatives never touch it.
+  A second derivative (a Hessian-vector product) runs the block form's forward pass, its gradient and the gradient
+  of that; first derivatives never touch it.
   """
 
   def vjp(inputs, unused_gradient, d_gradient):

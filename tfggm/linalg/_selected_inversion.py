@@ -11,9 +11,10 @@ from tfggm.linalg._row_selected_inversion import row_selected_inversion, row_sel
 
 SELECTED_INVERSION_ALGORITHMS = ("rows", "blocks")
 # "rows" carries a b' x b' window of Sigma per matrix, all lanes at once, moved by one row and column per step; past
-# this many elements in all it leaves the cache, and past this b' one matrix's window costs more to move than the
-# blocks' matmuls: "blocks" wins. Measured, forward + gradient (2 busy cores, rough): 1 x 784 x b = 28, float64: rows
-# 2.8 ms, blocks 6.6; 1 x 16384 x 28: 46 vs 91; 128 x 784 x 28, float32 (100,352 elements): rows 873, blocks 608.
+# this many elements in all (128 lanes x 28^2) it leaves the cache, and past this b' one matrix's window costs more to
+# move than the blocks' matmuls: "blocks" wins. Measured, forward + gradient (2 busy cores, rough): 1 x 784 x
+# b = 28, float64: rows 2.8 ms, blocks 6.6; 1 x 16384 x 28: 46 vs 91; 128 x 784 x 28, float32 (100,352 elements):
+# rows 873, blocks 608.
 # Variance (forward, float32, quiet): 1 x 784 x 28: rows 0.7 ms, blocks 1.4; 1 x 784 x 256: rows 34, blocks 6.
 ROWS_MAX_WINDOW_ELEMENTS = 2**16
 ROWS_MAX_BANDWIDTH = 32
@@ -21,7 +22,7 @@ ROWS_MAX_BANDWIDTH = 32
 
 def selected_inversion_algorithm_for(num_lanes: int | None, bandwidth: int, algorithm: str | None = None) -> str:
   """"rows" unless b' > `ROWS_MAX_BANDWIDTH` or the windows of all lanes, num_lanes b'^2 elements, exceed
-  `ROWS_MAX_WINDOW_ELEMENTS`."""
+  `ROWS_MAX_WINDOW_ELEMENTS`. An unknown number of lanes (a Keras batch of None) counts as few: "rows"."""
   if algorithm is None:
     wide = bandwidth > ROWS_MAX_BANDWIDTH or (num_lanes is not None and num_lanes * bandwidth**2
                                                > ROWS_MAX_WINDOW_ELEMENTS)
@@ -77,12 +78,13 @@ def selected_inversion(factor_bands: tf.Tensor, bandwidth: int | None = None,
   bandwidth = b if bandwidth is None else bandwidth
   if bandwidth < b:
     raise ValueError(f"bandwidth {bandwidth} must be >= the factor's bandwidth {b}.")
+  block = block_size_for(n, bandwidth, block_size)
   if selected_inversion_algorithm_for(factor_bands.shape[:-2].num_elements(), bandwidth, algorithm) == "rows":
     return _row_inversion(factor_bands, bandwidth)
   if bandwidth > b:
     rank = factor_bands.shape.rank
     factor_bands = tf.pad(factor_bands, [[0, 0]] * (rank - 2) + [[0, bandwidth - b], [0, 0]])
-  sigma_diag, f = _covariance_diagonal_blocks(factor_bands, block_size_for(n, bandwidth, block_size))
+  sigma_diag, f = _covariance_diagonal_blocks(factor_bands, block)
   zero_block = tf.zeros_like(sigma_diag[..., :1, :, :])
   sigma_below = tf.concat([zero_block, -tf.matmul(sigma_diag[..., 1:, :, :], f, adjoint_b=True)], -3)
   return from_blocks(sigma_diag, sigma_below, n, bandwidth)
@@ -97,9 +99,10 @@ def marginal_variances(factor_bands: tf.Tensor, block_size: int | None = None, a
   """
   factor_bands = tf.convert_to_tensor(factor_bands)
   n, b = check_bands(factor_bands)
+  block = block_size_for(n, b, block_size)
   if selected_inversion_algorithm_for(factor_bands.shape[:-2].num_elements(), b, algorithm) == "rows":
     return _row_inversion(factor_bands, b)[..., 0, :]
-  sigma_diag, _ = _covariance_diagonal_blocks(factor_bands, block_size_for(n, b, block_size))
+  sigma_diag, _ = _covariance_diagonal_blocks(factor_bands, block)
   diagonal = tf.linalg.diag_part(sigma_diag)  # [..., m, B]
   return tf.reshape(diagonal, tf.concat([tf.shape(diagonal)[:-2], [-1]], 0))[..., :n]
 
