@@ -150,6 +150,11 @@ def shift_rows(x: tf.Tensor, direction: int, lags=None) -> tf.Tensor:
   return skewed[..., :size]
 
 
+def time_major_columns(bands: tf.Tensor) -> tf.Tensor:
+  """`columns[i, k] = bands[k, i + k]` (L[i + k, i], zero past n), [n, R, lanes], from bands [lanes, R, n]."""
+  return tf.transpose(shift_rows(bands, -1), [2, 1, 0])
+
+
 def sum_to_shape(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
   """Sums x over the dims along which `like`'s shape was broadcast to x's (a gradient's reduction).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg._bands import check_bands, shift_rows
+from tfggm.linalg._bands import check_bands, shift_rows, time_major_columns
 from tfggm.linalg._compilation import xla_kernel
 
 
@@ -96,8 +96,8 @@ def column_cholesky_gradient(factor_bands: tf.Tensor, d_factor_bands: tf.Tensor)
   per lane: O(n b^2).
   """
   n, b = check_bands(factor_bands)
-  columns = _time_major(shift_rows(inside(factor_bands), -1))  # columns[j, k] = L[j+k, j]
-  d_columns = _time_major(shift_rows(inside(d_factor_bands), -1))
+  columns = time_major_columns(factor_bands)  # columns[j, k] = L[j+k, j]; the left shift reads no entry outside
+  d_columns = time_major_columns(d_factor_bands)
   columns = tf.concat([_identity(b, columns), columns], 0)  # columns[j + b], j = -b .. n-1
   d_columns = tf.concat([tf.zeros_like(columns[:b]), d_columns], 0)
 

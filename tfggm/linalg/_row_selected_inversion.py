@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfggm.linalg._bands import check_bands, shift_rows
+from tfggm.linalg._bands import check_bands, shift_rows, time_major_columns
 from tfggm.linalg._compilation import xla_kernel
 
 
@@ -34,7 +34,7 @@ def row_selected_inversion(bands: tf.Tensor, bandwidth: int) -> tf.Tensor:
     `sigma_bands[:, k, i] = Sigma[i, i - k]`, [lanes, b' + 1, n].
   """
   n, b = check_bands(bands)
-  columns = _time_major_columns(bands)
+  columns = time_major_columns(bands)
   diagonal, below = columns[:, 0], columns[:, 1:]  # d [n, lanes], l [n, b, lanes]
 
   def body(t, window, rows):
@@ -81,9 +81,9 @@ def row_selected_inversion_adjoint(bands: tf.Tensor, sigma_bands: tf.Tensor, d_s
   """
   n, b = check_bands(bands)
   bandwidth = int(sigma_bands.shape[-2]) - 1
-  columns = _time_major_columns(bands)
+  columns = time_major_columns(bands)
   diagonal, below = columns[:, 0], columns[:, 1:]
-  d_rows = _time_major_columns(d_sigma_bands)  # d_rows[i, k] = dSigma[i, i + k]
+  d_rows = time_major_columns(d_sigma_bands)  # d_rows[i, k] = dSigma[i, i + k]
   # Sigma's band, time-major and padded by b' + 1 rows of zeros: the window's next row and column at step i.
   sigma = tf.pad(tf.transpose(sigma_bands, [2, 1, 0]), [[0, bandwidth + 1], [0, 0], [0, 0]])
 
@@ -108,11 +108,6 @@ def row_selected_inversion_adjoint(bands: tf.Tensor, sigma_bands: tf.Tensor, d_s
   _, _, _, d_columns = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0), window, adjoint, d_columns),
                                      maximum_iterations=n)
   return shift_rows(tf.transpose(d_columns.stack(), [2, 1, 0]), +1)  # column i of L -> bands[k, i + k]
-
-
-def _time_major_columns(bands: tf.Tensor) -> tf.Tensor:
-  """`columns[i, k] = bands[k, i + k]` (L[i + k, i], zero past n), [n, R, lanes], from bands [lanes, R, n]."""
-  return tf.transpose(shift_rows(bands, -1), [2, 1, 0])
 
 
 def _first_window(sigma: tf.Tensor, bandwidth: int) -> tf.Tensor:
