@@ -17,7 +17,8 @@ DATA = pathlib.Path(__file__).resolve().parent / "data"
 
 def test_the_public_api_is_small():
   assert sorted(tfggm.__all__) == [
-      "GaussianGraphicalModel", "GaussianGraphicalModelLayer", "IndependentBernoulliLayer", "MultivariateLogitNormal",
+      "GaussianGraphicalModel", "GaussianGraphicalModelLayer", "HierarchicalVAE", "IndependentBernoulliLayer",
+      "MultivariateLogitNormal",
       "MultivariateLogitNormalLayer", "PrecisionFactorSolve", "VAE", "linalg", "stencils"]
   assert sorted(tfggm.linalg.__all__) == [
       "bands_at_every_lag", "bands_from_dense", "cholesky", "dense_from_bands", "marginal_variances", "matvec",

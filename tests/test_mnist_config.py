@@ -1,4 +1,5 @@
-"""The run configuration: every field checked when built, ConfigError naming the field, corrupt config.json files."""
+"""The run configuration: every field checked when built, ConfigError naming the field, corrupt config.json files,
+the learning-rate schedules, and the `tfggm train` flags that make a configuration."""
 
 import dataclasses
 import json
@@ -11,11 +12,30 @@ import pytest
 import tensorflow as tf
 
 from tfggm import stencils
+from tfggm.mnist import cli
 from tfggm.mnist import config as config_module
-from tfggm.mnist.config import MAX_LATENT_DIM, MAX_SEED, MIN_EXAMPLES, ConfigError, VAEConfig
+from tfggm.mnist.config import (
+  MAX_LATENT_DIM,
+  MAX_SEED,
+  MAX_STOCHASTIC_LAYERS,
+  MIN_EXAMPLES,
+  OPTIONAL_KEYS,
+  ConfigError,
+  StochasticLayer,
+  VAEConfig,
+  learning_rate_at,
+)
 from tfggm.mnist.data import DataError
 
 FIELDS = [field.name for field in dataclasses.fields(VAEConfig)]
+# An upper layer that may be the top (its prior is N(0, I)), and one that may lie below another.
+TOP = dict(latent_dim=8, hidden_units=(16,), posterior="band2")
+BELOW = {**TOP, "prior": "chain"}
+
+
+def _stacked(*layers, **changes) -> dict:
+  """The changes of a configuration whose upper layers are `layers` (layer 1's prior diagonal unless changed)."""
+  return {"prior": "diagonal", "upper_layers": list(layers), **changes}
 
 
 def test_config_error_names_its_field():
@@ -93,6 +113,55 @@ BAD = [
     (dict(analytic_kl=1), "analytic_kl", r"analytic_kl must be a bool \(true or false\); got 1 \(int\)"),
     (dict(analytic_kl="false"), "analytic_kl", "must be a bool"),
     (dict(jit_compile=None), "jit_compile", "jit_compile must be a bool"),
+    (dict(output_bias_from_data=1), "output_bias_from_data", "output_bias_from_data must be a bool"),
+    # the learning-rate schedule, the output bias
+    (dict(learning_rate_schedule="step"), "learning_rate_schedule",
+     "learning_rate_schedule must be 'constant' or 'iwae'; got 'step'"),
+    (dict(output_bias_from_data=True, likelihood="logit_normal_grid"), "output_bias_from_data",
+     "^output_bias_from_data starts the Bernoulli decoder's logits .*the likelihood 'logit_normal_grid' has no such "
+     "bias: use bernoulli, or false"),
+    # layer 1's prior: N(0, I) at the top, else a structure that fits latent_dim
+    (dict(prior="band4"), "prior", r"^layer 1: the top layer's prior is N\(0, I\): use 'standard'; got 'band4'"),
+    (dict(prior=None), "prior", "^prior must be a string"),
+    (dict(upper_layers=[TOP]), "prior", r"^layer 1: layer 2 lies above, so the prior is the conditional "
+     r"p\(z1 \| z2\): choose a structure such as diagonal or band4"),
+    (_stacked(TOP, prior="hexagon"), "prior", "^layer 1: unknown prior 'hexagon'; choose one of diagonal, chain"),
+    (_stacked(TOP, prior="band16"), "prior", "^layer 1: prior 'band16' links .* allows k <= 15; use band15 or full"),
+    (_stacked(TOP, prior="grid", latent_dim=10), "prior",
+     "^layer 1: prior 'grid' lays the latents on a square grid; latent_dim = 10 is not a square"),
+    # upper layers: each field checked like layer 1's, the message naming the layer
+    (_stacked({**TOP, "prior": "diagonal"}), "upper_layers", r"^layer 2: the top layer's prior is N\(0, I\)"),
+    (_stacked(TOP, TOP), "upper_layers", r"^layer 2: layer 3 lies above, so the prior is the conditional "
+     r"p\(z2 \| z3\)"),
+    (_stacked(BELOW, {**TOP, "prior": "chain"}), "upper_layers", "^layer 3: the top layer's prior is N"),
+    (_stacked({**BELOW, "prior": "hexagon"}, TOP), "upper_layers", "^layer 2: unknown prior 'hexagon'"),
+    (_stacked({**BELOW, "prior": "grid"}, TOP), "upper_layers", "^layer 2: prior 'grid' lays the latents on a "
+     "square grid; latent_dim = 8 is not a square"),
+    (_stacked({**TOP, "prior": 4}), "upper_layers", r"^layer 2: prior must be a string; got 4 \(int\)"),
+    (_stacked({**TOP, "latent_dim": 0}), "upper_layers", r"^layer 2: latent_dim must be in \[1, 1024\]; got 0"),
+    (_stacked(BELOW, {**TOP, "latent_dim": MAX_LATENT_DIM + 1}), "upper_layers", "^layer 3: latent_dim must be in"),
+    (_stacked({**TOP, "latent_dim": True}), "upper_layers", "^layer 2: latent_dim must be an integer"),
+    (_stacked({**TOP, "latent_dim": "8"}), "upper_layers", "^layer 2: latent_dim must be an integer"),
+    (_stacked({**TOP, "hidden_units": (16, 0)}), "upper_layers", "^layer 2: hidden_units must be positive integers"),
+    (_stacked({**TOP, "hidden_units": "16"}), "upper_layers", "^layer 2: hidden_units must be positive integers"),
+    (_stacked({**TOP, "posterior": "hexagon"}), "upper_layers", "^layer 2: unknown posterior 'hexagon'"),
+    (_stacked({**TOP, "posterior": "band8"}), "upper_layers", "^layer 2: posterior 'band8' links .* allows k <= 7"),
+    (_stacked({**TOP, "posterior": "grid"}), "upper_layers", "^layer 2: posterior 'grid' lays the latents on a "
+     "square grid; latent_dim = 8 is not a square"),
+    (_stacked({**TOP, "posterior": None}), "upper_layers", "^layer 2: posterior must be a string"),
+    (_stacked({**TOP, "size": 8}), "upper_layers", r"^layer 2: unknown keys \['size'\]; a layer has the keys "
+     "latent_dim, hidden_units, posterior and prior"),
+    (_stacked({"latent_dim": 8}), "upper_layers", r"^layer 2: the layer lacks the keys \['hidden_units'\]"),
+    (_stacked(5), "upper_layers", r"^layer 2: a layer must be an object with the keys latent_dim, hidden_units, "
+     r"posterior and prior; got 5 \(int\)"),
+    (_stacked([8, [16]]), "upper_layers", r"^layer 2: a layer must be an object .*; got \[8, \[16\]\] \(list\)"),
+    (_stacked(BELOW, "8:16:band2"), "upper_layers", "^layer 3: a layer must be an object"),
+    (dict(prior="diagonal", upper_layers=TOP), "upper_layers", r"^upper_layers must be a list of the layers above "
+     r"layer 1, bottom to top, each an object with the keys latent_dim, hidden_units, posterior and prior; got \{"),
+    (dict(upper_layers="8:16:band2"), "upper_layers", "^upper_layers must be a list"),
+    (dict(upper_layers=None), "upper_layers", "^upper_layers must be a list"),
+    (_stacked(*[BELOW] * (MAX_STOCHASTIC_LAYERS - 1), TOP), "upper_layers", "^upper_layers holds 8 layers, but a "
+     "model has at most 8 stochastic layers: layer 1 and 7 upper ones"),
 ]
 
 
@@ -120,6 +189,11 @@ def test_every_field_checks_its_type(field):
     dict(clip_global_norm=None), dict(warmup_epochs=0), dict(activation="relu"), dict(activation="tanh"),
     dict(activation="softmax"), dict(activation="gelu"), dict(activation="linear"),
     dict(likelihood="logit_normal_grid", alpha=0.05), dict(objective="iwae", num_samples=5, analytic_kl=False),
+    dict(learning_rate_schedule="iwae"), dict(output_bias_from_data=True), dict(prior="standard"),
+    _stacked(TOP), _stacked(BELOW, BELOW, TOP, prior="full"), _stacked(*[BELOW] * (MAX_STOCHASTIC_LAYERS - 2), TOP),
+    _stacked(dict(latent_dim=1, hidden_units=()), prior="band15"),  # no hidden layer, one latent
+    _stacked({**BELOW, "latent_dim": 4, "prior": "gershgorin_grid", "posterior": "extended_grid"}, TOP, prior="grid"),
+    dict(prior="band4", upper_layers=(StochasticLayer(50, (100, 100), "band4"),)),
 ])
 def test_edge_configurations_are_accepted(changes):
   config = VAEConfig(**changes)
@@ -134,6 +208,29 @@ def test_values_are_normalized():
   assert type(config.alpha) is float and type(config.seed) is int and type(config.max_examples) is int
   assert config.hidden_units == (8, 4) and all(type(units) is int for units in config.hidden_units)
   assert VAEConfig.from_json(config.to_json()) == config
+
+
+def test_upper_layers_are_stochastic_layers_however_given():
+  """Dicts and StochasticLayers (lists, numpy ints in them) become the same checked StochasticLayers: the
+  configurations are equal, hashable, and the upper layers part of the run."""
+  from_dicts = VAEConfig(**_stacked({**BELOW, "latent_dim": np.int64(8), "hidden_units": [np.int32(16)]}, TOP))
+  from_layers = VAEConfig(prior="diagonal", upper_layers=(StochasticLayer(8, [16], "band2", "chain"),
+                                                          StochasticLayer(8, (16,), posterior="band2")))
+  assert from_dicts == from_layers and hash(from_dicts) == hash(from_layers)
+  assert from_dicts.upper_layers == (StochasticLayer(8, (16,), "band2", "chain"), StochasticLayer(8, (16,), "band2"))
+  assert all(type(layer) is StochasticLayer and type(layer.hidden_units) is tuple and type(layer.latent_dim) is int
+             for layer in from_dicts.upper_layers)
+  assert from_dicts.same_run_as(dataclasses.replace(from_dicts, steps_per_execution=4))
+  assert not from_dicts.same_run_as(VAEConfig(**_stacked(BELOW, {**TOP, "latent_dim": 4})))
+  assert not from_dicts.same_run_as(VAEConfig(**_stacked(TOP)))
+
+
+def test_stochastic_layers_are_layer_1_then_the_upper_layers():
+  assert VAEConfig().stochastic_layers == (StochasticLayer(16, (200, 200), "diagonal", "standard"),)
+  config = VAEConfig(latent_dim=100, hidden_units=(200, 200), posterior="band4", prior="band4",
+                     upper_layers=[dict(latent_dim=50, hidden_units=(100, 100), posterior="chain")])
+  assert config.stochastic_layers == (StochasticLayer(100, (200, 200), "band4", "band4"),
+                                      StochasticLayer(50, (100, 100), "chain", "standard"))
 
 
 def test_a_grid_posterior_takes_what_its_stencil_takes(monkeypatch):
@@ -187,13 +284,41 @@ def test_load_round_trips(tmp_path):
   assert VAEConfig.load(tmp_path / "bom.json") == config
 
 
+# A config.json as the first version wrote it, before any of OPTIONAL_KEYS existed.
+FIRST_CONFIG_JSON = """{
+  "activation": "elu", "alpha": 0.01, "analytic_kl": true, "batch_size": 32, "clip_global_norm": 100.0,
+  "diagonal_floor": 0.001, "epochs": 7, "hidden_units": [200, 200], "latent_dim": 16, "learning_rate": 0.001,
+  "likelihood": "bernoulli", "max_examples": null, "num_samples": 1, "objective": "elbo", "posterior": "diagonal",
+  "seed": 0, "warmup_epochs": 5
+}"""
+
+
 def test_keys_added_later_may_be_missing_but_no_others(tmp_path):
-  """A config.json from before jit_compile and steps_per_execution existed loads with their defaults."""
-  old = {key: value for key, value in _stored(epochs=7).items() if key not in ("jit_compile", "steps_per_execution")}
+  """A config.json from before the keys of OPTIONAL_KEYS existed loads with their defaults: the same one-layer run,
+  N(0, I) prior, constant learning rate and zero-initialized output bias."""
+  config = VAEConfig.from_json(FIRST_CONFIG_JSON)
+  assert config == VAEConfig(epochs=7) and config.same_run_as(VAEConfig(epochs=7))
+  assert config.stochastic_layers == (StochasticLayer(16, (200, 200), "diagonal", "standard"),)
+  assert (config.learning_rate_schedule, config.output_bias_from_data) == ("constant", False)
+  assert set(_stored()) - set(json.loads(FIRST_CONFIG_JSON)) == set(OPTIONAL_KEYS)
+  old = {key: value for key, value in _stored(epochs=7).items() if key not in OPTIONAL_KEYS}
   assert VAEConfig.from_json(json.dumps(old)) == VAEConfig(epochs=7)
   del old["latent_dim"], old["seed"]
   with pytest.raises(ConfigError, match=r"lacks the keys \['latent_dim', 'seed'\]; it is incomplete"):
     VAEConfig.from_json(json.dumps(old))
+
+
+def test_upper_layers_round_trip_as_objects_of_four_keys(tmp_path):
+  config = VAEConfig(**_stacked({**BELOW, "hidden_units": ()}, dict(latent_dim=4, hidden_units=(32, 8)),
+                                learning_rate_schedule="iwae", output_bias_from_data=True))
+  stored = json.loads(config.to_json())
+  assert stored["upper_layers"] == [dict(latent_dim=8, hidden_units=[], posterior="band2", prior="chain"),
+                                    dict(latent_dim=4, hidden_units=[32, 8], posterior="diagonal", prior="standard")]
+  assert stored["prior"] == "diagonal" and stored["learning_rate_schedule"] == "iwae"
+  assert stored["output_bias_from_data"] is True
+  (tmp_path / "config.json").write_text(config.to_json())
+  assert VAEConfig.load(tmp_path / "config.json") == config
+  assert VAEConfig.from_json(json.dumps(_stored())) == VAEConfig()  # upper_layers: []
 
 
 CORRUPT = [
@@ -221,6 +346,19 @@ CORRUPT = [
     ({"learning_rate": math.nan}, "learning_rate", "learning_rate must be finite; got nan"),  # written as NaN
     ({"posterior": ["chain"]}, "posterior", "posterior must be a string"),
     ({"activation": "foo"}, "activation", "activation must be a Keras activation name"),
+    # a layer in config.json has every key of StochasticLayer, no other
+    ({"prior": "diagonal", "upper_layers": [{"latent_dim": 8, "hidden_units": [16]}]}, "upper_layers",
+     r"layer 2: the layer lacks the keys \['posterior', 'prior'\]"),
+    ({"prior": "diagonal", "upper_layers": [{**BELOW, "hidden_units": [16]}, {"latent_dim": 8, "hidden_units": [],
+                                                                              "posterior": "chain"}]},
+     "upper_layers", r"layer 3: the layer lacks the keys \['prior'\]"),
+    ({"prior": "diagonal", "upper_layers": [{**TOP, "prior": "standard", "dim": 8}]}, "upper_layers",
+     r"layer 2: unknown keys \['dim'\]"),
+    ({"prior": "diagonal", "upper_layers": {"latent_dim": 8}}, "upper_layers", "upper_layers must be a list"),
+    ({"prior": "diagonal", "upper_layers": ["8:16:band2"]}, "upper_layers", "layer 2: a layer must be an object"),
+    ({"upper_layers": [{**TOP, "prior": "standard"}]}, "prior", "layer 1: layer 2 lies above"),
+    ('{"upper_layers": [{"latent_dim": 8, "latent_dim": 4}]}', None, r"the configuration sets \['latent_dim'\] "
+     "more than once"),
 ]
 
 
@@ -284,3 +422,123 @@ def test_no_hidden_units_build_linear_networks():
   model = build_vae(VAEConfig(hidden_units=(), latent_dim=4), IMAGE_SHAPE)
   assert [layer.name for layer in model.encoder.layers] == ["images", "posterior_params", "posterior"]
   assert model.decoder(tf.zeros([2, 4])).sample(seed=[1, 2]).shape == (2, 784)
+
+
+# the learning-rate schedules
+
+
+def _stage_lengths(epochs: int, learning_rate: float = 1e-3) -> list[int]:
+  """The epochs of each of the 8 IWAE stages, read from the rates of `learning_rate_at`."""
+  config = VAEConfig(epochs=epochs, learning_rate=learning_rate, learning_rate_schedule="iwae")
+  stages = [-7 * math.log10(learning_rate_at(config, epoch) / learning_rate) for epoch in range(epochs)]
+  assert all(abs(stage - round(stage)) < 1e-9 for stage in stages)  # every rate is a stage's
+  stages = [round(stage) for stage in stages]
+  return [stages.count(i) for i in range(8)]
+
+
+def test_the_constant_schedule_is_the_learning_rate():
+  config = VAEConfig(epochs=10, learning_rate=3e-4)
+  assert [learning_rate_at(config, epoch) for epoch in range(10)] == [3e-4] * 10
+
+
+def test_the_iwae_schedule_over_3280_epochs_is_the_papers():
+  assert _stage_lengths(3280) == [3**i for i in range(8)]
+  config = VAEConfig(epochs=3280, learning_rate_schedule="iwae")
+  assert learning_rate_at(config, 0) == 1e-3 and learning_rate_at(config, 3) == 1e-3 * 10 ** (-1 / 7)
+  assert learning_rate_at(config, 4) == 1e-3 * 10 ** (-2 / 7)
+  assert learning_rate_at(config, 1092) == 1e-3 * 10 ** (-6 / 7)
+  assert learning_rate_at(config, 1093) == learning_rate_at(config, 3279) == pytest.approx(1e-4, rel=1e-12)
+
+
+@pytest.mark.parametrize("epochs,lengths", [
+    (328, [1, 0, 0, 3, 8, 24, 73, 219]),   # a tenth of the paper's: stages rounding to no epoch are skipped
+    (205, [1, 0, 0, 2, 5, 15, 45, 137]),   # stage 3 ends at 205 * 40 / 3280 = 2.5, rounded up
+    (8, [1, 0, 0, 0, 0, 0, 2, 5]),
+    (2, [1, 0, 0, 0, 0, 0, 0, 1]),
+    (1, [1, 0, 0, 0, 0, 0, 0, 0]),
+])
+def test_the_iwae_schedule_is_compressed_into_the_epochs(epochs, lengths):
+  assert _stage_lengths(epochs) == lengths
+
+
+@pytest.mark.parametrize("epochs", [*range(1, 40), 99, 500, 1000, 3279, 3281, 10_000])
+def test_the_iwae_schedule_starts_at_the_learning_rate_ends_a_tenth_of_it_and_never_rises(epochs):
+  config = VAEConfig(epochs=epochs, learning_rate=2e-3, learning_rate_schedule="iwae")
+  rates = [learning_rate_at(config, epoch) for epoch in range(epochs)]
+  assert rates[0] == 2e-3
+  assert epochs == 1 or rates[-1] == pytest.approx(2e-4, rel=1e-12)
+  assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "iwae"])
+def test_an_epoch_outside_the_run_is_a_value_error(schedule):
+  config = VAEConfig(epochs=5, learning_rate_schedule=schedule)
+  for epoch in (-1, 5):
+    with pytest.raises(ValueError, match=rf"epoch must be in \[0, 5\) .*; got {epoch}"):
+      learning_rate_at(config, epoch)
+
+
+# the command line: tfggm train's flags
+
+
+def _parsed(*flags: str) -> VAEConfig:
+  return cli._config_from(cli.build_parser().parse_args(["train", "runs/h2", *flags]))
+
+
+def test_the_flags_default_to_the_default_configuration():
+  assert _parsed() == VAEConfig()
+
+
+def test_the_iwae_two_layer_model_from_the_command_line():
+  config = _parsed(*"--latent-dim 100 --hidden-units 200 200 --activation tanh --posterior band4 --prior band4 "
+                   "--upper-layer 50:100,100:band4".split())
+  assert config == VAEConfig(latent_dim=100, hidden_units=(200, 200), activation="tanh", posterior="band4",
+                             prior="band4", upper_layers=(StochasticLayer(50, (100, 100), "band4", "standard"),))
+
+
+def test_upper_layers_stack_in_order_with_their_priors_and_the_iwae_protocol():
+  config = _parsed("--prior", "diagonal", "--upper-layer", "50::chain:band3", "--upper-layer", "20:64:full",
+                   "--learning-rate-schedule", "iwae", "--output-bias-from-data", "--epochs", "3280")
+  assert config.upper_layers == (StochasticLayer(50, (), "chain", "band3"), StochasticLayer(20, (64,), "full"))
+  assert config.learning_rate_schedule == "iwae" and config.output_bias_from_data
+  assert learning_rate_at(config, 3279) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("spec", ["50", "50:100", "50:100:", "50:100:band4:", "50:100:band4:band4:band4", ":100:band4",
+                                  "x:100:band4", "-5:100:band4", "50:100,,100:band4", "50:100,:band4", "50:,100:band4",
+                                  "50:100 100:band4", "50:1e2:band4", "50:100;band4", ""])
+def test_a_malformed_upper_layer_is_a_usage_error_showing_the_form(spec, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    _parsed("--prior", "diagonal", f"--upper-layer={spec}")  # = : argparse takes "-5..." for a flag
+  assert exit_.value.code == 2
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert error == ("tfggm train: error: argument --upper-layer: expected LATENT_DIM:HIDDEN[,HIDDEN...]:POSTERIOR"
+                   f"[:PRIOR], e.g. 50:100,100:band4 or 50::diagonal; got {spec!r}")
+
+
+def test_an_upper_layer_with_a_number_too_long_to_read_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit):
+    _parsed("--prior", "diagonal", "--upper-layer", "9" * 5000 + ":100:band4")
+  assert capsys.readouterr().err.strip().endswith("or 50::diagonal; got a number too long to read")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--prior", "band4"], "argument --prior: layer 1: the top layer's prior is N"),
+    (["--upper-layer", "50:100:band4"], "argument --prior: layer 1: layer 2 lies above"),
+    (["--prior", "diagonal", "--upper-layer", "0:100:band4"], r"argument --upper-layer: layer 2: latent_dim must be"),
+    (["--prior", "diagonal", "--upper-layer", "8:16:hexagon"], "argument --upper-layer: layer 2: unknown posterior"),
+    (["--prior", "diagonal", "--upper-layer", "8:16:chain", "--upper-layer", "8:16:chain"],
+     "argument --upper-layer: layer 2: layer 3 lies above"),
+    (["--prior", "diagonal", *["--upper-layer", "8:16:chain:chain"] * 7, "--upper-layer", "8:16:chain"],
+     "argument --upper-layer: upper_layers holds 8 layers, but a model has at most 8 stochastic layers"),
+    (["--likelihood", "logit_normal_grid", "--output-bias-from-data"], "argument --output-bias-from-data: "),
+])
+def test_a_bad_hierarchy_is_a_config_error_naming_its_flag(flags, message):
+  with pytest.raises(ConfigError, match=f"^{message}"):
+    _parsed(*flags)
+
+
+def test_an_unknown_learning_rate_schedule_is_a_usage_error(capsys):
+  with pytest.raises(SystemExit):
+    _parsed("--learning-rate-schedule", "step")
+  assert "argument --learning-rate-schedule: invalid choice: 'step'" in capsys.readouterr().err

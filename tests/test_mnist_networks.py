@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras
 
+import tfggm
 from tfggm.mnist.config import ConfigError, VAEConfig
 from tfggm.mnist.data import IMAGE_SHAPE
 from tfggm.mnist.networks import build_vae
@@ -174,3 +175,43 @@ def test_a_compiled_step_trains():
   model, history = _fit(config, images)
   assert model.jit_compile
   assert history["loss"][-1] < 0.8 * history["loss"][0], history["loss"]
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_zero_initialized_gaussians_start_isotropic_whatever_the_input(zero_init):
+  config = VAEConfig(hidden_units=(16,), latent_dim=16, posterior="band4", prior="band4", zero_init_gaussians=zero_init,
+                     upper_layers=[dict(latent_dim=8, hidden_units=[8], posterior="band4")])
+  model = build_vae(config, IMAGE_SHAPE)
+  images = np.random.default_rng(0).random((3, 784)).astype(np.float32)
+  layers = model.posteriors_and_samples(images, 1, seed=tf.constant([0, 1]))
+  networks = [(layers[0][0], 16), (layers[1][0], 8), (model.conditional_priors[0](layers[1][1][0]), 16)]
+  for distribution, n in networks:
+    bands = distribution.factor_bands_at_every_lag().numpy()
+    isotropic = np.zeros_like(bands)
+    isotropic[:, 0, :] = np.log(2.0) + config.diagonal_floor  # softplus(0) + floor
+    assert np.allclose(bands, isotropic) == zero_init and bands.shape[-1] == n
+    assert np.allclose(distribution.mean(), 0.0) == zero_init
+
+
+def test_active_units_of_an_upper_layer_average_its_posterior_means_over_samples_of_the_layer_below():
+  """E_q[z2 | x] = H E[z1 | x] + h for linear-Gaussian q, so Var_x E_q[z2 | x] is known in closed form."""
+  from tfggm.mnist.evaluate import active_units
+  rng = np.random.default_rng(0)
+  gain_1, gain_2 = rng.normal(size=(6, 10)) * np.linspace(0.01, 1.0, 6)[:, None], rng.normal(size=(4, 6))
+  gain_2 *= np.array([0.001, 0.05, 0.3, 1.0])[:, None]
+
+  def linear_gaussian(inputs_size, gain):
+    inputs = tf_keras.Input([inputs_size])
+    loc = tf_keras.layers.Dense(len(gain), use_bias=False, kernel_initializer=tf_keras.initializers.Constant(gain.T))
+    bands = tf.concat([tf.ones([1, len(gain)]), tf.zeros([1, len(gain)])], 0)
+    return tf_keras.Model(inputs, tfp.layers.DistributionLambda(
+        lambda m: tfggm.GaussianGraphicalModel(m, bands))(loc(inputs)))
+
+  model = tfggm.HierarchicalVAE([linear_gaussian(10, gain_1), linear_gaussian(6, gain_2)],
+                                [linear_gaussian(4, np.zeros((6, 4)))], linear_gaussian(6, np.zeros((10, 6))), [6, 4])
+  images = rng.normal(size=(4000, 10)).astype(np.float32)
+  variances_1 = np.var(images @ gain_1.T, axis=0)
+  variances_2 = np.var(images @ gain_1.T @ gain_2.T, axis=0)
+  for threshold in (0.005, 0.02, 0.5):
+    units = active_units(model, images, threshold=threshold)
+    assert units == [int(np.sum(variances_1 > threshold)), int(np.sum(variances_2 > threshold))]

@@ -13,9 +13,10 @@ import tf_keras
 
 from conftest import SMALL_NETWORK, FirstEpoch, PoisonWeights, tiny, tiny_flags
 from tfggm.mnist import cli
-from tfggm.mnist.config import ConfigError, VAEConfig
+from tfggm.mnist.config import ConfigError, VAEConfig, learning_rate_at
 from tfggm.mnist.data import IMAGE_SHAPE
-from tfggm.mnist.networks import build_vae
+from tfggm.mnist.networks import LIKELIHOOD_PARAMS, build_vae, set_output_bias_from_data
+from tfggm.mnist.rundir import read_history
 from tfggm.mnist.training import train
 
 
@@ -133,8 +134,9 @@ def test_cli_train_evaluate_export_sample(tiny_mnist, tmp_path, capsys):
   assert b"_XlaMustCompile" not in saved  # a plain graph: TF Serving needs no XLA flag
 
 
-def _serve_in_fresh_process(path, bandwidth):
-  """Loads the SavedModel with plain TensorFlow in a process that never imports tfggm or TFP."""
+def _serve_in_fresh_process(path, bandwidth, suffix=""):
+  """Loads the SavedModel with plain TensorFlow in a process that never imports tfggm or TFP; the posterior's
+  keys end in `suffix` (`_z1` for the first of several stochastic layers)."""
   script = textwrap.dedent(f"""
       import json, sys
       import numpy as np
@@ -142,7 +144,7 @@ def _serve_in_fresh_process(path, bandwidth):
       model = tf.saved_model.load({str(path)!r})
       serve = model.signatures["serving_default"]
       out = serve(images=tf.constant(np.full((3, 784), 0.5, np.float32)))
-      decoded = model.signatures["decode"](z=out["loc"])
+      decoded = model.signatures["decode"](z=out["loc{suffix}"])
       sampled = model.signatures["sample"](num_images=tf.constant(4))
       try:
         serve(images=tf.constant(np.full((1, 784), np.nan, np.float32)))
@@ -166,8 +168,8 @@ def _serve_in_fresh_process(path, bandwidth):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["imported"] == []
   assert report["signatures"] == ["decode", "sample", "serving_default"]
-  assert report["shapes"]["loc"] == [3, 16] and report["shapes"]["bands"] == [3, bandwidth + 1, 16]
-  assert report["shapes"]["sample"] == [3, 16] and report["shapes"]["log_prob"] == [3]
+  assert report["shapes"][f"loc{suffix}"] == [3, 16] and report["shapes"][f"bands{suffix}"] == [3, bandwidth + 1, 16]
+  assert report["shapes"][f"sample{suffix}"] == [3, 16] and report["shapes"][f"log_prob{suffix}"] == [3]
   assert report["shapes"]["logits"] == [3, 784] and report["shapes"]["images"] == [4, 784]
   assert report["finite"] and "images contains NaN or Inf" in report["nan_error"]
   assert "decode: z contains NaN or Inf" in report["nan_z_error"]
@@ -259,3 +261,35 @@ def test_a_cli_run_trained_under_xla_stores_the_flag_and_evaluates_and_exports(t
   assert np.isfinite(json.loads((run / "evaluation.json").read_text())["test_log_likelihood"]["mean"])
   assert _tfggm("export", run, "--to", tmp_path / "export") == 0
   assert (tmp_path / "export" / "1" / "saved_model.pb").exists()
+
+
+@pytest.mark.slow
+def test_a_two_layer_cli_run_trains_evaluates_samples_and_exports_every_layer(tiny_mnist, tmp_path):
+  """The IWAE paper's options on a tiny hierarchy: band-4 q and p(z1|z2), the learning-rate decay, the data's bias."""
+  run = tmp_path / "run"
+  assert _tfggm("train", run, *tiny_flags(tiny_mnist), "--hidden-units", "16", "--latent-dim", 16, "--posterior",
+                "band4", "--prior", "band4", "--upper-layer", "8:12:band2", "--learning-rate-schedule", "iwae",
+                "--output-bias-from-data", "--warmup-epochs", 0, "--epochs", 3, "--batch-size", 50,
+                "--progress", "none") == 0
+  config = VAEConfig.load(run / "config.json")
+  history = read_history(run / "history.csv")
+  assert [float(row["lr"]) for row in history] == pytest.approx([learning_rate_at(config, e) for e in range(3)])
+  assert {"kl_z1", "kl_z2", "val_kl_z1", "val_kl_z2"} <= set(history[0])
+  assert _tfggm("evaluate", run, *tiny_flags(tiny_mnist), "--num-samples", 6, "--max-test", 20) == 0
+  report = json.loads((run / "evaluation.json").read_text())
+  assert report["latent_dims"] == [16, 8] and len(report["active_units_per_layer"]) == 2
+  assert np.isfinite(report["test_log_likelihood"]["mean"])
+  assert _tfggm("sample", run, "--num", 4) == 0 and (run / "samples.png").stat().st_size > 0
+  assert _tfggm("export", run, "--to", tmp_path / "export") == 0
+  _serve_in_fresh_process(tmp_path / "export" / "1", bandwidth=4, suffix="_z1")
+
+
+def test_the_output_bias_starts_at_the_logit_of_the_pixel_means():
+  config = VAEConfig(**SMALL_NETWORK, output_bias_from_data=True)
+  model = build_vae(config, IMAGE_SHAPE)
+  images = np.random.default_rng(0).integers(0, 256, size=(50, 784), dtype=np.uint8)
+  images[:, 0], images[:, 1] = 0, 255
+  set_output_bias_from_data(model, images)
+  bias = model.decoder.get_layer(LIKELIHOOD_PARAMS).bias.numpy()
+  means = np.clip(images.mean(axis=0) / 255.0, 1e-3, 1 - 1e-3)
+  np.testing.assert_allclose(bias, np.log(means / (1 - means)), rtol=1e-5)

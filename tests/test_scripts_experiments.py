@@ -282,3 +282,36 @@ def test_rows_archived_under_the_protocol_are_not_rerun_on_a_new_machine_unless_
     started.clear()
     experiments.main(parser.parse_args(flags), rows, lambda results, num_samples: _table(results), committed, "tiny")
     assert started == expected  # named rows run archived or not, in the experiment's order
+
+
+def test_hierarchical_rows_are_valid_configurations_with_the_iwae_protocol():
+  from tfggm.mnist import cli
+  hierarchical = _script("hierarchical_experiment")
+  configs = {}
+  for row in hierarchical.ROWS:
+    args = cli.build_parser().parse_args(["train", "run", *row.train_args])
+    configs[row.name] = cli._config_from(args)
+  assert all(c.activation == "tanh" and c.batch_size == 20 and c.learning_rate_schedule == "iwae"
+             and c.output_bias_from_data and c.zero_init_gaussians and c.warmup_epochs == 0
+             for c in configs.values())
+  assert [layer.latent_dim for layer in configs["h1-full"].stochastic_layers] == [50]
+  assert configs["h1-full"].posterior == "full"
+  two = configs["h2-band4-prior"].stochastic_layers
+  assert [(layer.latent_dim, layer.hidden_units, layer.posterior, layer.prior) for layer in two] == [
+      (100, (200, 200), "band4", "band4"), (50, (100, 100), "band4", "standard")]
+  assert configs["h2-band4"].prior == "diagonal" and configs["h2-iwae5-band4"].num_samples == 5
+  assert hierarchical.paper_value("h2-iwae5-band4") == -83.89 and hierarchical.paper_value("h1-band4") == -86.76
+  assert "iwae5" not in " ".join(hierarchical.DEFAULT_ROWS)
+
+
+def test_hierarchical_table_shows_the_paper_paired_z_scores_and_units_per_layer():
+  hierarchical = _script("hierarchical_experiment")
+  training = dict(epochs_run=300, best_epoch=290, median_epoch_seconds=24.0)
+  evaluation = dict(test_log_likelihood=dict(mean=-86.0, stderr=0.3), test_elbo=dict(mean=-90.0, stderr=0.3),
+                    active_units=30, latent_dim=100, active_units_per_layer=[30, 9], latent_dims=[100, 50])
+  results = {"h2-diagonal": dict(evaluation=evaluation, training=training),
+             "h2-band4": dict(evaluation=evaluation, training=training,
+                              **{"paired_vs_h2-diagonal": dict(log_likelihood=dict(mean=0.6, stderr=0.1))})}
+  table = hierarchical.table(results, 5000)
+  assert "| h2-band4 |" in table and "+0.60 ± 0.10 (z = 6.0)" in table and "30 / 100 + 9 / 50" in table
+  assert "-85.33" in table and "| 2.0 |" in table  # 24 s x 300 epochs = 2.0 hours

@@ -10,13 +10,14 @@ from tfggm import linalg, stencils
 from tfggm.bijector import PrecisionFactorSolve
 from tfggm.distributions import GaussianGraphicalModel, MultivariateLogitNormal
 from tfggm.layers import GaussianGraphicalModelLayer, IndependentBernoulliLayer, MultivariateLogitNormalLayer
-from tfggm.models import VAE
+from tfggm.models import VAE, HierarchicalVAE
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GaussianGraphicalModel",
     "GaussianGraphicalModelLayer",
+    "HierarchicalVAE",
     "IndependentBernoulliLayer",
     "MultivariateLogitNormal",
     "MultivariateLogitNormalLayer",

@@ -64,16 +64,13 @@ class TensorBoardExtras(tf_keras.callbacks.Callback):
     self.seed = seed
     self.num_samples = num_samples
 
-  def set_model(self, model):
-    super().set_model(model)
-    self.z = tf.random.stateless_normal([self.num_samples, model.latent_dim], seed=[self.seed, 0])
-
   def on_epoch_end(self, epoch, logs=None):
-    posterior = self.model.encoder(self.images)
+    posterior = self.model.encoders[0](self.images)
     reconstructions = decode_images(self.model.decoder, posterior.mean())
-    samples = decode_images(self.model.decoder, self.z)
+    # The same top-layer noise every epoch, through this epoch's conditional priors (if any).
+    samples = decode_images(self.model.decoder, self.model.sample_first_latents(self.num_samples, [self.seed, 0]))
     bands = posterior.factor_bands_at_every_lag()
-    mask = self.model.encoder.layers[-1].stencil.mask
+    mask = self.model.encoders[0].layers[-1].stencil.mask
     with self.writer.as_default(step=epoch):
       as_images = lambda x: tf.reshape(x, [-1, *self.image_shape, 1])
       tf.summary.image("inputs", as_images(self.images), max_outputs=8)
@@ -99,7 +96,7 @@ class PosteriorTracker(tf_keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     record = json.loads(self.path.read_text()) if self.path.exists() else {}
-    posterior = self.model.encoder(self.image)
+    posterior = self.model.encoders[0](self.image)
     record[str(epoch)] = dict(loc=posterior.mean().numpy()[0].tolist(),
                               bands=posterior.factor_bands_at_every_lag().numpy()[0].tolist())
     files.write_text(self.path, json.dumps(record))

@@ -13,7 +13,9 @@ __all__ = ["main"]
 
 PROGRESS = {"bar": 1, "line": 2, "none": 0}  # --progress -> Keras' `verbose`
 MAX_SAMPLES = 1024  # `tfggm sample --num`: a grid of more images is no longer a figure one can look at
-FLAGS = {"analytic_kl": "--monte-carlo-kl"}  # VAEConfig fields whose flag is not "--" + field with dashes
+# VAEConfig fields whose flag is not "--" + field with dashes
+FLAGS = {"analytic_kl": "--monte-carlo-kl", "upper_layers": "--upper-layer"}
+UPPER_LAYER_FORM = "LATENT_DIM:HIDDEN[,HIDDEN...]:POSTERIOR[:PRIOR]"  # --upper-layer, e.g. 50:100,100:band4
 
 
 def _positive(text: str) -> int:
@@ -41,6 +43,22 @@ def _sample_count(text: str) -> int:
   return value
 
 
+def _upper_layer(text: str):
+  """argparse type: a StochasticLayer from LATENT_DIM:HIDDEN[,HIDDEN...]:POSTERIOR[:PRIOR] (HIDDEN may be empty:
+  no hidden layer; PRIOR defaults to standard). The values are checked by VAEConfig, the form here."""
+  from tfggm.mnist.config import StochasticLayer
+  expected = f"expected {UPPER_LAYER_FORM}, e.g. 50:100,100:band4 or 50::diagonal"
+  match = re.fullmatch(r"([0-9]+):([0-9]+(?:,[0-9]+)*)?:([^:]+)(?::([^:]+))?", text)
+  if not match:
+    raise argparse.ArgumentTypeError(f"{expected}; got {text!r}")
+  latent_dim, hidden, posterior, prior = match.groups()
+  try:
+    hidden_units = tuple(int(units) for units in hidden.split(",")) if hidden else ()
+    return StochasticLayer(int(latent_dim), hidden_units, posterior, prior or "standard")
+  except ValueError as error:  # int() reads at most 4,300 digits
+    raise argparse.ArgumentTypeError(f"{expected}; got a number too long to read") from error
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
   """Shows each option's default, except None (the help then says what happens without the option)."""
 
@@ -49,15 +67,32 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-  from tfggm.mnist.config import LIKELIHOODS, POSTERIORS, VAEConfig
+  from tfggm.mnist.config import LEARNING_RATE_SCHEDULES, LIKELIHOODS, POSTERIORS, VAEConfig
   defaults = VAEConfig()
-  parser.add_argument("--posterior", default=defaults.posterior, help=f"one of {', '.join(POSTERIORS)}")
+  parser.add_argument("--posterior", default=defaults.posterior,
+                      help=f"q(z1|x): one of {', '.join(POSTERIORS)}")
+  parser.add_argument("--prior", default=defaults.prior,
+                      help="p(z1): standard, N(0, I), when z1 is the top layer; with --upper-layer, the structure of "
+                           "the conditional p(z1|z2), a --posterior name such as diagonal or band4")
   parser.add_argument("--likelihood", default=defaults.likelihood, choices=LIKELIHOODS,
                       help="p(x|z): Bernoulli pixels (binarized data) or a logit-normal over the pixel grid "
                            "(dequantized data)")
-  parser.add_argument("--latent-dim", type=_positive, default=defaults.latent_dim, help="latent units n")
+  parser.add_argument("--output-bias-from-data", action="store_true",
+                      help="Bernoulli likelihood: start the decoder's output bias at the logit of the training "
+                           "pixel means (the IWAE paper's initialization)")
+  parser.add_argument("--zero-init-gaussians", action="store_true",
+                      help="start the Dense layer of every posterior's and conditional prior's parameters at zero "
+                           "weights: each Gaussian starts isotropic, whatever its input (a band of L with random "
+                           "entries can make L^-1, so the covariance, grow exponentially along the band)")
+  parser.add_argument("--latent-dim", type=_positive, default=defaults.latent_dim, help="latent units n of z1")
   parser.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units),
-                      help="Dense layers of the encoder (and, mirrored, the decoder)")
+                      help="Dense layers of the encoder (and, mirrored, the decoder) between x and z1")
+  parser.add_argument("--upper-layer", type=_upper_layer, action="append", default=None, metavar="SPEC",
+                      help=f"a stochastic layer above the last, bottom to top (repeat for more): SPEC = "
+                           f"{UPPER_LAYER_FORM}, its latent units, the hidden widths of the "
+                           "networks to and from the layer below (none: 50::diagonal), its posterior, and its "
+                           "prior (standard for the top layer, the default; else a structure), e.g. "
+                           "50:100,100:band4")
   parser.add_argument("--activation", default=defaults.activation, help="of the hidden layers (a Keras name)")
   parser.add_argument("--objective", choices=["elbo", "iwae"], default=defaults.objective,
                       help="the bound trained: the ELBO or the importance-weighted bound")
@@ -67,6 +102,10 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs,
                       help="KL weight 0 -> 1 over these epochs (0: off)")
   parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam's")
+  parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
+                      default=defaults.learning_rate_schedule,
+                      help="iwae: the IWAE paper's 8 stages, --learning-rate * 10**(-i/7) for 3**i of 3,280 "
+                           "epochs, compressed into --epochs")
   parser.add_argument("--clip-global-norm", type=float, default=defaults.clip_global_norm,
                       help="gradient clipping by global norm (0: off)")
   parser.add_argument("--batch-size", type=_positive, default=defaults.batch_size,
@@ -90,10 +129,13 @@ def _config_from(args):
   from tfggm.mnist.config import ConfigError, VAEConfig
   try:
     return VAEConfig(
-        posterior=args.posterior, likelihood=args.likelihood, latent_dim=args.latent_dim,
-        hidden_units=tuple(args.hidden_units), activation=args.activation, objective=args.objective,
-        num_samples=args.num_samples, analytic_kl=not args.monte_carlo_kl, warmup_epochs=args.warmup_epochs,
-        learning_rate=args.learning_rate, clip_global_norm=args.clip_global_norm or None,
+        posterior=args.posterior, prior=args.prior, likelihood=args.likelihood,
+        output_bias_from_data=args.output_bias_from_data, zero_init_gaussians=args.zero_init_gaussians,
+        latent_dim=args.latent_dim,
+        hidden_units=tuple(args.hidden_units), activation=args.activation, upper_layers=tuple(args.upper_layer or ()),
+        objective=args.objective, num_samples=args.num_samples, analytic_kl=not args.monte_carlo_kl,
+        warmup_epochs=args.warmup_epochs, learning_rate=args.learning_rate,
+        learning_rate_schedule=args.learning_rate_schedule, clip_global_norm=args.clip_global_norm or None,
         batch_size=args.batch_size, epochs=args.epochs, alpha=args.alpha, seed=args.seed,
         max_examples=args.max_examples, jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
   except ConfigError as error:
@@ -137,7 +179,6 @@ def _sample(args) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import tensorflow as tf
   from matplotlib.backend_bases import FigureCanvasBase
 
   from tfggm.mnist import files
@@ -148,7 +189,7 @@ def _sample(args) -> None:
   run = RunDirectory(args.run_dir)
   out = _figure_path(args.out, run.samples, FigureCanvasBase.get_supported_filetypes())
   _, model = load_run(run.path, weights=args.weights)
-  z = tf.random.stateless_normal([args.num, model.latent_dim], seed=[args.seed, 0])
+  z = model.sample_first_latents(args.num, [args.seed, 0])
   images = draw_images(model.decoder, z, args.draw, seed=[args.seed, 1]).numpy().reshape(-1, *IMAGE_SHAPE)
   columns = int(min(args.num, 8))
   rows = -(-args.num // columns)

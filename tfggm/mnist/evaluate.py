@@ -13,18 +13,18 @@ from tfggm.mnist.config import VAEConfig
 from tfggm.mnist.networks import build_vae
 from tfggm.mnist.rundir import WEIGHTS, RunDirectory, RunDirectoryError
 from tfggm.mnist.training import RunData
-from tfggm.models import VAE, evaluation
+from tfggm.models import HierarchicalVAE, evaluation
 
 __all__ = ["load_run", "evaluate_run", "active_units"]
 
 
-def load_run(run_dir: str | pathlib.Path, weights: str = WEIGHTS[0]) -> tuple[VAEConfig, VAE]:
+def load_run(run_dir: str | pathlib.Path, weights: str = WEIGHTS[0]) -> tuple[VAEConfig, HierarchicalVAE]:
   """The configuration and the trained model (its `weights`, one of `WEIGHTS`) of a run directory."""
   run = RunDirectory(run_dir)
   config = run.load_config()
   weights_path = run.weights(weights)
   model = build_vae(config, data.IMAGE_SHAPE)
-  model(tf.zeros([1, *model.encoder.inputs[0].shape[1:]]))
+  model(tf.zeros([1, *model.encoders[0].inputs[0].shape[1:]]))
   model.optimizer.build(model.trainable_variables)
   try:
     model.load_weights(str(weights_path))
@@ -35,11 +35,27 @@ def load_run(run_dir: str | pathlib.Path, weights: str = WEIGHTS[0]) -> tuple[VA
   return config, model
 
 
-def active_units(model: VAE, images: np.ndarray, threshold: float = 0.01, batch_size: int = 500) -> int:
-  """Latent units u with Var_x(E_q[z_u | x]) > threshold (Burda et al., 2016)."""
-  means = np.concatenate([model.encoder(images[i:i + batch_size]).mean().numpy()
-                          for i in range(0, len(images), batch_size)])
-  return int(np.sum(np.var(means, axis=0) > threshold))
+def active_units(model: HierarchicalVAE, images: np.ndarray, threshold: float = 0.01, batch_size: int = 500,
+                 num_samples: int = 100, seed: int = 0) -> list[int]:
+  """Per stochastic layer, the units u with Var_x(E_q[z_u | x]) > threshold (Burda et al., 2016).
+
+  ```none
+  E_q[z_1 | x] = mean of q(z_1|x)                                              exact
+  E_q[z_l | x] ~= 1/S sum_s mean of q(z_l | z_{l-1}^(s)),  z^(s) ~ q(z|x)    l >= 2, S = num_samples
+  ```
+
+  Cost: S passes of the upper encoders per image (one pass of the first).
+  """
+  per_layer = [[] for _ in model.latent_dims]
+  for start in range(0, len(images), batch_size):
+    x = tf.constant(images[start:start + batch_size])
+    per_layer[0].append(model.encoders[0](x).mean().numpy())
+    layers = model.posteriors_and_samples(x, num_samples, seed=tf.constant([seed, start], tf.int32)) \
+        if model.num_layers > 1 else []
+    for layer, (posterior, _) in enumerate(layers[1:], start=1):
+      means = tf.reshape(posterior.mean(), [num_samples, -1, model.latent_dims[layer]])
+      per_layer[layer].append(tf.reduce_mean(means, axis=0).numpy())
+  return [int(np.sum(np.var(np.concatenate(means), axis=0) > threshold)) for means in per_layer]
 
 
 def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_size: int = 500,
@@ -66,18 +82,26 @@ def evaluate_run(run_dir: str | pathlib.Path, num_samples: int = 5000, chunk_siz
   return report
 
 
-def _evaluation_report(run: RunDirectory, config: VAEConfig, model: VAE, test: np.ndarray, weights: str,
-                       num_samples: int, chunk_size: int, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
-  """(the report of `evaluate_run`, the per-image ELBO and log p(x))."""
-  arguments = dict(encode=model.encoder, log_likelihood=model.log_likelihood, prior=model.prior(), images=test,
-                   seed=seed)
-  elbo = evaluation.elbo_per_example(**arguments, num_samples=1)
-  log_px = evaluation.importance_sampled_log_likelihood(**arguments, num_samples=num_samples,
-                                                        chunk_size=chunk_size)
+def _evaluation_report(run: RunDirectory, config: VAEConfig, model: HierarchicalVAE, test: np.ndarray,
+                       weights: str, num_samples: int, chunk_size: int,
+                       seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+  """(the report of `evaluate_run`, the per-image ELBO and log p(x)).
+
+  The proposal of the importance-sampled log p(x) is q of every layer (`HierarchicalVAE.log_importance_weights`);
+  the ELBO is one sample per image, with the exact entropies and top KL of `HierarchicalVAE.elbo` whatever the
+  training used.
+  """
+  elbo = evaluation.bound_per_example(lambda x, batch_seed: model.elbo(x, 1, batch_seed, analytic_kl=True), test,
+                                      seed=seed)
+  log_px = evaluation.log_likelihood_from_weights(model.log_importance_weights, test, num_samples=num_samples,
+                                                  chunk_size=chunk_size, seed=seed)
+  units = active_units(model, test)
   report = dict(run_dir=str(run.path), weights=weights, posterior=config.posterior, likelihood=config.likelihood,
                 num_importance_samples=num_samples, test_elbo=evaluation.summarize(elbo),
                 test_log_likelihood=evaluation.summarize(log_px),
-                active_units=active_units(model, test), latent_dim=config.latent_dim)
+                active_units=units[0], latent_dim=config.latent_dim)
+  if len(units) > 1:
+    report.update(active_units_per_layer=units, latent_dims=[layer.latent_dim for layer in config.stochastic_layers])
   if config.continuous:
     report["bits_per_dim"] = dict(
         convention="bits/dim of the 8-bit data: -log2 p(x) / D + 8",

@@ -13,9 +13,9 @@ import tf_keras
 
 from tfggm.mnist import data, files
 from tfggm.mnist.callbacks import BestWeights, EpochTimer, HistoryLog, KLWarmup, PosteriorTracker, TensorBoardExtras
-from tfggm.mnist.config import VAEConfig
+from tfggm.mnist.config import VAEConfig, learning_rate_at
 from tfggm.mnist.distribute import is_chief, task_of
-from tfggm.mnist.networks import build_vae
+from tfggm.mnist.networks import build_vae, set_output_bias_from_data
 from tfggm.mnist.rundir import RunDirectory, read_history, summarize_history
 
 __all__ = ["RunData", "TrainingDiverged", "train", "TEST_SEED"]
@@ -112,6 +112,8 @@ def train(config: VAEConfig, run_dir: str | pathlib.Path, data_dir: str | None =
   run = RunDirectory(run_dir)
   run_data = RunData(config, data_dir, allow_nonstandard_counts)
   model = _vae_in_scope(config, run_data.image_shape, strategy)
+  if config.output_bias_from_data:  # a resumed run's backup then restores the trained bias
+    set_output_bias_from_data(model, run_data.train_images)
   with _output_dir(run, strategy) as out:
     if run.is_completed():
       run.claim(config, writer=False)
@@ -206,7 +208,7 @@ def _vae_in_scope(config: VAEConfig, image_shape: tuple[int, int],
   """
   with strategy.scope():
     model = build_vae(config, image_shape)
-    model(tf.zeros([1, *model.encoder.inputs[0].shape[1:]]))
+    model(tf.zeros([1, *model.encoders[0].inputs[0].shape[1:]]))
     if tf.distribute.has_strategy():
       model.jit_compile = False
   return model
@@ -214,10 +216,14 @@ def _vae_in_scope(config: VAEConfig, image_shape: tuple[int, int],
 
 def _library_callbacks(config: VAEConfig, run_data: RunData, run: RunDirectory,
                        out: RunDirectory) -> list[tf_keras.callbacks.Callback]:
-  """Warm-up, NaN stop, best checkpoint, TensorBoard, tracked posterior and history, writing into `out`."""
+  """Warm-up, learning-rate schedule, NaN stop, best checkpoint, TensorBoard, tracked posterior and history,
+  writing into `out`."""
+  schedule = [] if config.learning_rate_schedule == "constant" else [
+      tf_keras.callbacks.LearningRateScheduler(lambda epoch, _: learning_rate_at(config, epoch))]
   return [
       EpochTimer(),
       KLWarmup(config.warmup_epochs),
+      *schedule,
       tf_keras.callbacks.TerminateOnNaN(),
       BestWeights(out.best_weights, "val_elbo", best=run.best_val_elbo()),
       TensorBoardExtras(out.logs, run_data.validation[:8], run_data.image_shape, seed=config.seed),

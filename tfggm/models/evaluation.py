@@ -12,10 +12,13 @@ import tf_keras
 
 tfd = tfp.distributions
 
-__all__ = ["elbo_per_example", "importance_sampled_log_likelihood", "summarize"]
+__all__ = ["elbo_per_example", "importance_sampled_log_likelihood", "log_likelihood_from_weights",
+           "bound_per_example", "summarize"]
 
 Encoder = Callable[[tf.Tensor], tfd.Distribution]
 LogLikelihood = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+LogWeights = Callable[[tf.Tensor, int, tf.Tensor], tf.Tensor]  # (x [B, D], k, seed) -> log w [k, B]
+Bound = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (x [B, D], seed) -> the bound [B]
 
 
 def _check_count(name: str, value: int) -> int:
@@ -53,7 +56,7 @@ def _checked_per_sample(name: str, value: tf.Tensor, num_samples: int,
   if value.shape.rank != 2 or value.shape[0] not in (None, num_samples) or value.dtype != dtype:
     raise ValueError(f"{name} gave shape {value.shape} and dtype {value.dtype.name}; expected "
                      f"one value per sample and example, [S, B] = [{num_samples}, B], of the "
-                     f"prior's dtype {dtype.name}.")
+                     f"computation's dtype {dtype.name} (the prior's, or the one given).")
   return value
 
 
@@ -110,26 +113,15 @@ def importance_sampled_log_likelihood(
     encode: Encoder, log_likelihood: LogLikelihood, prior: tfd.Distribution, images: np.ndarray,
     num_samples: int = 5000, chunk_size: int = 500, batch_size: int = 100, seed: int = 0,
     progress: bool = True) -> np.ndarray:
-  """Per-example importance-sampled estimates of log p(x), streamed in chunks of samples.
+  """Per-example importance-sampled estimates of log p(x) of a one-layer model, streamed in chunks of samples.
 
   ```none
   log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K,
   z_k ~ q(z|x), k = 1..K
   ```
 
-  The estimate is consistent (it tends to log p(x) as K grows) and, by Jensen's
-  inequality, a lower bound in expectation that tightens with K; with q the exact
-  posterior every weight equals p(x) and it is exact for any K. K = num_samples
-  samples are drawn chunk_size at a time (the last chunk may be smaller) and
-  combined by a streaming logsumexp that keeps the running max (`_accumulate`),
-  so memory is O(batch_size chunk_size (n + D)) whatever K; time is
-  O(N K (cost of one sample, log p(x|z), log p(z), log q(z|x))).
-
-  Each batch runs in one `tf.function`. Chunk c of batch j draws its samples with
-  the stateless seed fold_in(fold_in(mix(seed), j), c): results are reproducible
-  for a given seed, batch_size and chunk_size, every batch and chunk sees new
-  noise, and changing chunk_size changes the noise (not the distribution of the
-  estimate).
+  `log_likelihood_from_weights` with these weights (see it for the streaming, the seeds and the cost); q(z|x)
+  is encoded once per chunk of samples (a pass of the encoder over B images, next to the decoder's over S B).
 
   Args:
     encode: x [B, D] -> q(z|x), batch shape [B], event shape [n].
@@ -148,37 +140,89 @@ def importance_sampled_log_likelihood(
     the estimates of log p(x), float64 [N].
 
   Raises:
-    ValueError: images not a finite non-empty [N, D] array; a count or the seed
-      not a positive (seed: non-negative) integer; log p(x|z), log p(z) or
-      log q(z|x) not of shape [S, B] and the prior's dtype.
+    ValueError: as `log_likelihood_from_weights`; also log p(x|z), log p(z) or log q(z|x) not of shape
+      [S, B] and the prior's dtype.
   """
+  def log_weights(x: tf.Tensor, count: int, chunk_seed: tf.Tensor) -> tf.Tensor:
+    return _log_weights(log_likelihood, prior, encode(x), x, count, chunk_seed)
+
+  return _streamed_log_likelihood(log_weights, images, prior.dtype, num_samples, chunk_size, batch_size, seed,
+                                  progress)
+
+
+def log_likelihood_from_weights(
+    log_weights: LogWeights, images: np.ndarray, dtype: tf.DType = tf.float32, num_samples: int = 5000,
+    chunk_size: int = 500, batch_size: int = 100, seed: int = 0, progress: bool = True) -> np.ndarray:
+  """Per-example importance-sampled estimates of log p(x) from any model's log-weights, streamed in chunks.
+
+  ```none
+  log p(x) ~= logsumexp_k log w_k - log K,   log w_k = log p(x, z_k) - log q(z_k|x),  z_k ~ q(z|x)
+  ```
+
+  `log_weights(x, k, seed)` draws k samples of the proposal and returns their log w, [k, B]: for a
+  hierarchical VAE, `HierarchicalVAE.log_importance_weights`, whose proposal is q of every layer.
+  The estimate is consistent (it tends to log p(x) as K grows) and, by Jensen's
+  inequality, a lower bound in expectation that tightens with K; with q the exact
+  posterior every weight equals p(x) and it is exact for any K. K = num_samples
+  samples are drawn chunk_size at a time (the last chunk may be smaller) and
+  combined by a streaming logsumexp that keeps the running max (`_accumulate`),
+  so memory is that of one chunk whatever K; time is O(N K (cost of one weight)).
+
+  Each batch runs in one `tf.function`. Chunk c of batch j draws its samples with
+  the stateless seed fold_in(fold_in(mix(seed), j), c): results are reproducible
+  for a given seed, batch_size and chunk_size, every batch and chunk sees new
+  noise, and changing chunk_size changes the noise (not the distribution of the
+  estimate).
+
+  Args:
+    log_weights: (x [B, D], k, stateless seed [2]) -> log w [k, B] of `dtype`.
+    images: x, [N, D], finite; cast to `dtype`.
+    dtype: of the computation.
+    num_samples: K.
+    chunk_size: samples drawn at a time (capped at K).
+    batch_size: examples per batch.
+    seed: a non-negative integer.
+    progress: show a tf_keras Progbar over the examples.
+
+  Returns:
+    the estimates of log p(x), float64 [N].
+
+  Raises:
+    ValueError: images not a finite non-empty [N, D] array; a count or the seed
+      not a positive (seed: non-negative) integer; log w not of shape [k, B] and `dtype`.
+  """
+  def checked_log_weights(x: tf.Tensor, count: int, chunk_seed: tf.Tensor) -> tf.Tensor:
+    return _checked_per_sample("log_weights(x, k, seed)", log_weights(x, count, chunk_seed), count, dtype)
+
+  return _streamed_log_likelihood(checked_log_weights, images, dtype, num_samples, chunk_size, batch_size, seed,
+                                  progress)
+
+
+def _streamed_log_likelihood(log_weights: LogWeights, images: np.ndarray, dtype: tf.DType, num_samples: int,
+                             chunk_size: int, batch_size: int, seed: int, progress: bool) -> np.ndarray:
+  """logsumexp_k log w_k - log K per example; `log_weights(x, k, seed)` gives a chunk's [k, B]."""
   num_samples = _check_count("num_samples", num_samples)
   chunk_size = min(_check_count("chunk_size", chunk_size), num_samples)
   batch_size = _check_count("batch_size", batch_size)
-  images = _check_images(images, prior.dtype)
+  images = _check_images(images, dtype)
   base_seed = _base_seed(seed)
   num_full_chunks, last_chunk_size = divmod(num_samples, chunk_size)
-  log_num_samples = tf.constant(math.log(num_samples), prior.dtype)
+  log_num_samples = tf.constant(math.log(num_samples), dtype)
 
-  @tf.function(input_signature=[tf.TensorSpec([None, images.shape[1]], prior.dtype),
-                                tf.TensorSpec([], tf.int32)])
+  @tf.function(input_signature=[tf.TensorSpec([None, images.shape[1]], dtype), tf.TensorSpec([], tf.int32)])
   def estimate_batch(x: tf.Tensor, batch_index: tf.Tensor) -> tf.Tensor:
-    q = encode(x)
     batch_seed = tf.random.experimental.stateless_fold_in(base_seed, batch_index)
-    running_max = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, prior.dtype))
+    running_max = tf.fill(tf.shape(x)[:1], tf.constant(-np.inf, dtype))
     scaled_sum = tf.zeros_like(running_max)
     for chunk in tf.range(num_full_chunks):
       # One chunk at a time: parallel iterations would hold several chunks in memory at once.
       tf.autograph.experimental.set_loop_options(parallel_iterations=1)
       chunk_seed = tf.random.experimental.stateless_fold_in(batch_seed, chunk)
-      running_max, scaled_sum = _accumulate(
-          running_max, scaled_sum,
-          _log_weights(log_likelihood, prior, q, x, chunk_size, chunk_seed))
+      running_max, scaled_sum = _accumulate(running_max, scaled_sum, log_weights(x, chunk_size, chunk_seed))
     if last_chunk_size:  # Static: the smaller last chunk gets its own static shape.
       chunk_seed = tf.random.experimental.stateless_fold_in(batch_seed, num_full_chunks)
-      running_max, scaled_sum = _accumulate(
-          running_max, scaled_sum,
-          _log_weights(log_likelihood, prior, q, x, last_chunk_size, chunk_seed))
+      running_max, scaled_sum = _accumulate(running_max, scaled_sum,
+                                            log_weights(x, last_chunk_size, chunk_seed))
     return tf.math.log(scaled_sum) + _finite_or_zero(running_max) - log_num_samples
 
   progress_bar = _progress_bar(len(images), progress)
@@ -193,7 +237,7 @@ def importance_sampled_log_likelihood(
 def elbo_per_example(encode: Encoder, log_likelihood: LogLikelihood, prior: tfd.Distribution,
                      images: np.ndarray, num_samples: int = 1, batch_size: int = 100,
                      seed: int = 0, analytic_kl: bool = True) -> np.ndarray:
-  """Per-example ELBO, a lower bound on log p(x), with S = num_samples samples of q.
+  """Per-example ELBO of a one-layer model, a lower bound on log p(x), with S = num_samples samples of q.
 
   ```none
   ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) ~= 1/S sum_k log p(x|z_k) - KL,  z_k ~ q(z|x)
@@ -201,9 +245,8 @@ def elbo_per_example(encode: Encoder, log_likelihood: LogLikelihood, prior: tfd.
        ~= 1/S sum_k [log q(z_k|x) - log p(z_k)]           otherwise (Monte Carlo)
   ```
 
-  All S samples of a batch are drawn at once, O(batch_size S (n + D)) memory, in
-  one `tf.function` per batch with the stateless seed fold_in(mix(seed), batch).
-  The analytic KL needs a KL registered for (type(q), type(prior)), e.g.
+  All S samples of a batch are drawn at once, O(batch_size S (n + D)) memory, through
+  `bound_per_example`. The analytic KL needs a KL registered for (type(q), type(prior)), e.g.
   GaussianGraphicalModel vs MultivariateNormalDiag; it has lower variance.
 
   Args:
@@ -224,27 +267,57 @@ def elbo_per_example(encode: Encoder, log_likelihood: LogLikelihood, prior: tfd.
     the ELBO per example, float64 [N].
   """
   num_samples = _check_count("num_samples", num_samples)
-  batch_size = _check_count("batch_size", batch_size)
-  images = _check_images(images, prior.dtype)
-  base_seed = _base_seed(seed)
+  dtype = prior.dtype
 
-  @tf.function(input_signature=[tf.TensorSpec([None, images.shape[1]], prior.dtype),
-                                tf.TensorSpec([], tf.int32)])
-  def elbo_batch(x: tf.Tensor, batch_index: tf.Tensor) -> tf.Tensor:
+  def elbo(x: tf.Tensor, batch_seed: tf.Tensor) -> tf.Tensor:
     q = encode(x)
-    z = q.sample(num_samples, seed=tf.random.experimental.stateless_fold_in(base_seed, batch_index))
+    z = q.sample(num_samples, seed=batch_seed)
     expected_log_likelihood = tf.reduce_mean(_checked_per_sample(
-        "log_likelihood(x, z)", log_likelihood(x, z), num_samples, prior.dtype), axis=0)
+        "log_likelihood(x, z)", log_likelihood(x, z), num_samples, dtype), axis=0)
     if analytic_kl:
       kl = tfd.kl_divergence(q, prior)
     else:
       kl = tf.reduce_mean(
-          _checked_per_sample("q.log_prob(z)", q.log_prob(z), num_samples, prior.dtype)
-          - _checked_per_sample("prior.log_prob(z)", prior.log_prob(z), num_samples, prior.dtype),
+          _checked_per_sample("q.log_prob(z)", q.log_prob(z), num_samples, dtype)
+          - _checked_per_sample("prior.log_prob(z)", prior.log_prob(z), num_samples, dtype),
           axis=0)
     return expected_log_likelihood - kl
 
-  return np.concatenate([elbo_batch(batch, batch_index).numpy() for batch_index, (_, batch)
+  return bound_per_example(elbo, images, dtype, batch_size, seed)
+
+
+def bound_per_example(bound: Bound, images: np.ndarray, dtype: tf.DType = tf.float32, batch_size: int = 100,
+                      seed: int = 0) -> np.ndarray:
+  """Any model's per-example bound (e.g. `HierarchicalVAE.elbo`), batch by batch with reproducible noise.
+
+  Batch j runs `bound(x_j, fold_in(mix(seed), j))` in one `tf.function`: O(cost of the bound) per batch.
+
+  Args:
+    bound: (x [B, D], stateless seed [2]) -> the bound per example, [B] of `dtype`.
+    images: x, [N, D], finite; cast to `dtype`.
+    dtype: of the computation.
+    batch_size: examples per batch.
+    seed: a non-negative integer.
+
+  Returns:
+    the bound per example, float64 [N].
+
+  Raises:
+    ValueError: bad images, batch_size or seed (as `log_likelihood_from_weights`); a bound not of shape [B].
+  """
+  batch_size = _check_count("batch_size", batch_size)
+  images = _check_images(images, dtype)
+  base_seed = _base_seed(seed)
+
+  @tf.function(input_signature=[tf.TensorSpec([None, images.shape[1]], dtype), tf.TensorSpec([], tf.int32)])
+  def bound_batch(x: tf.Tensor, batch_index: tf.Tensor) -> tf.Tensor:
+    value = bound(x, tf.random.experimental.stateless_fold_in(base_seed, batch_index))
+    if value.shape.rank != 1 or value.dtype != dtype:
+      raise ValueError(f"bound(x, seed) gave shape {value.shape} and dtype {value.dtype.name}; expected one "
+                       f"value per example, [B], of dtype {dtype.name}.")
+    return value
+
+  return np.concatenate([bound_batch(batch, batch_index).numpy() for batch_index, (_, batch)
                          in enumerate(_batches(images, batch_size))]).astype(np.float64)
 
 
