@@ -269,8 +269,8 @@ def test_a_two_layer_cli_run_trains_evaluates_samples_and_exports_every_layer(ti
   run = tmp_path / "run"
   assert _tfggm("train", run, *tiny_flags(tiny_mnist), "--hidden-units", "16", "--latent-dim", 16, "--posterior",
                 "band4", "--prior", "band4", "--upper-layer", "8:12:band2", "--learning-rate-schedule", "iwae",
-                "--output-bias-from-data", "--warmup-epochs", 0, "--epochs", 3, "--batch-size", 50,
-                "--progress", "none") == 0
+                "--output-bias-from-data", "--zero-init-gaussians", "--warmup-epochs", 0, "--epochs", 3,
+                "--batch-size", 50, "--progress", "none") == 0
   config = VAEConfig.load(run / "config.json")
   history = read_history(run / "history.csv")
   assert [float(row["lr"]) for row in history] == pytest.approx([learning_rate_at(config, e) for e in range(3)])

@@ -141,6 +141,11 @@ class GaussianGraphicalModelLayer(_StencilLayer):
   "factor" (free entries of L, softplus diagonal + floor) or "precision"
   (Gershgorin-dominant P, then banded Cholesky).
 
+  With "factor", a band of L whose off-diagonal entries are as large as its diagonal has an L^-1 (so a
+  covariance) that grows exponentially along the band: a Dense layer with random weights can start a band-4
+  posterior over 50 latents at KL(q || N(0, I)) ~ 4e4 nats, and training may diverge. Starting that Dense layer
+  at zero weights (`kernel_initializer="zeros"`) starts every Gaussian at mean 0 and L = (softplus(0) + floor) I.
+
   It serves as a posterior q(z|x) over latents and as a likelihood p(x|z) over real-valued data
   (a decoder's last layer: a Gaussian over x whose precision couples the entries along the stencil,
   e.g. a grid over the pixels of an image). With `validate_args=True`, `log_prob` of an x with NaN or
