@@ -9,11 +9,12 @@ completed runs alone, and evaluates a row once, on the fixed test set, after
 its training completes; a row already in the archive under the protocol is
 not rerun on any machine unless named with --rows. `archive_rows` copies each
 finished row's results (report, training summary, per-image values) into a
-committed archive, `<results>/<name>/<row>/`: the run directories
-(checkpoints, logs) stay out of git and may be lost with the machine, the
-archive is not. `collect_results` gathers the archived rows and the paired
-differences to each row's baseline on the same test images; `write_results`
-writes them as `<name>.json` and `<name>.md`.
+committed archive, `<results>/<name>/<row>/`; `main` does so as soon as a row
+is evaluated, not only at its end. The run directories (checkpoints, logs)
+stay out of git and may be lost with the machine; the archive is not.
+`collect_results` gathers the archived rows and the paired differences to each
+row's baseline on the same test images; `write_results` writes them as
+`<name>.json` and `<name>.md`.
 
 The driver itself only starts processes and reads their files; each row's
 training and evaluation run in their own process, so the rows share no
@@ -30,6 +31,7 @@ import pathlib
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -175,14 +177,23 @@ def _run_row(experiment: Experiment, row: Row) -> None:
     print(f"[{row.name}] evaluated", flush=True)
 
 
-def run_rows(experiment: Experiment, rows: Iterable[Row], jobs: int) -> list[str]:
+def run_rows(experiment: Experiment, rows: Iterable[Row], jobs: int,
+             on_finished: Callable[[Row], None] = lambda row: None) -> list[str]:
   """Trains and evaluates rows, `jobs` at a time; returns the names of the rows that failed.
 
   A failing row (e.g. a diverged run) does not stop the others; its output is
-  in runs/<row>.log.
+  in runs/<row>.log. `on_finished(row)` runs as soon as a row is trained and
+  evaluated, one call at a time (e.g. to archive it before the others end).
   """
+  lock = threading.Lock()
+
+  def run_and_report(row: Row) -> None:
+    _run_row(experiment, row)
+    with lock:
+      on_finished(row)
+
   with ThreadPoolExecutor(jobs) as pool:
-    futures = {row.name: pool.submit(_run_row, experiment, row) for row in rows}
+    futures = {row.name: pool.submit(run_and_report, row) for row in rows}
   failed = [name for name, future in futures.items() if future.exception() is not None]
   for name in failed:
     print(f"[{name}] failed: {futures[name].exception()}; see {experiment.runs / name}.log", flush=True)
@@ -317,20 +328,32 @@ def _rows_to_run(experiment: Experiment, rows: Sequence[Row], named: Sequence[st
 def main(args: argparse.Namespace, rows: Sequence[Row], table: Callable[[dict, int], str],
          directory: pathlib.Path, name: str, after_training: Callable[[Experiment], None] = lambda _: None,
          after_results: Callable[[], None] = lambda: None) -> None:
-  """An experiment script's whole run: train and evaluate the chosen rows (unless --tables-only), then
-  `after_training` (exports, samples), `after_results` (figures), the archive (directory/name/) and the tables
-  (directory/name.{json,md}); with extra train args (a trial) the archive and tables go to <runs>/results/
-  instead. Exits 1 if a row failed."""
+  """An experiment script's whole run: train and evaluate the chosen rows (unless --tables-only), publishing
+  the results each time a row finishes and once at the end.
+
+  Publishing runs `after_training` (exports, samples: they must skip what is
+  done; not with --tables-only), `after_results` (figures), then writes the
+  archive (directory/name/) and the tables (directory/name.{json,md}) from
+  every row finished so far, so a machine lost mid-run loses no finished row.
+  With extra train args (a trial) the archive and tables go to <runs>/results/
+  instead. Exits 1 if a row failed.
+  """
   experiment = experiment_from(args)
   if experiment.extra_train_args:  # a trial: its archive and tables stay beside its runs
     directory = experiment.runs / "results"
+
+  def publish(_: Row | None = None) -> None:
+    if not args.tables_only:
+      after_training(experiment)
+    after_results()
+    archive_rows(experiment, rows, directory / name)
+    results = collect_results(directory / name, rows)
+    write_results(experiment, results, table(results, args.num_samples), directory, name)
+
   failed = []
   if not args.tables_only:
-    failed = run_rows(experiment, _rows_to_run(experiment, rows, args.rows, directory / name), args.jobs)
-    after_training(experiment)
-  after_results()
-  archive_rows(experiment, rows, directory / name)
-  results = collect_results(directory / name, rows)
-  write_results(experiment, results, table(results, args.num_samples), directory, name)
+    failed = run_rows(experiment, _rows_to_run(experiment, rows, args.rows, directory / name), args.jobs,
+                      on_finished=publish)
+  publish()
   if failed:
     sys.exit(f"rows {', '.join(failed)} failed; see their logs in {experiment.runs}")

@@ -264,11 +264,40 @@ def test_main_writes_the_committed_tables_and_archive_unless_a_trial_adds_train_
   assert (committed / "tiny.json").exists() != bool(train_args)
 
 
+def test_main_archives_each_row_and_rewrites_the_tables_as_soon_as_it_is_evaluated(monkeypatch, tmp_path):
+  """A machine lost while a later row trains keeps the rows finished before it (archive and tables)."""
+  seen_when_training = {}
+  committed = tmp_path / "results"
+
+  def tfggm(experiment, row, command, *arguments):
+    run_dir = experiment.run_dir(row).path
+    if command == "train":
+      seen_when_training[row.name] = sorted(p.name for p in (committed / "tiny").glob("*"))
+      run_dir.mkdir(parents=True, exist_ok=True)
+      (run_dir / "summary.json").write_text(json.dumps(dict(epochs_run=experiment.epochs)))
+    elif command == "evaluate":
+      np.savez(run_dir / experiments.PER_EXAMPLE, log_likelihood=np.zeros(3), elbo=np.zeros(3))
+      evaluation = dict(num_importance_samples=experiment.num_samples,
+                        test_log_likelihood=dict(mean=-90.0, stderr=1.0))
+      (run_dir / "evaluation.json").write_text(json.dumps(evaluation))
+
+  monkeypatch.setattr(Experiment, "tfggm", tfggm)
+  exported = []
+  rows = [Row("first", ()), Row("second", (), baseline="first")]
+  parser = experiments.argument_parser("tiny", rows, runs=tmp_path / "runs", epochs=3, num_samples=4)
+  experiments.main(parser.parse_args(["--jobs", "1"]), rows, lambda results, num_samples: _table(results),
+                   committed, "tiny", after_training=lambda experiment: exported.append(
+                       [row.name for row in rows if experiment.is_finished(row)]))
+  assert seen_when_training == {"first": [], "second": ["first"]}
+  assert exported == [["first"], ["first", "second"], ["first", "second"]]
+  assert list(json.loads((committed / "tiny.json").read_text())["rows"]) == ["first", "second"]
+
+
 def test_rows_archived_under_the_protocol_are_not_rerun_on_a_new_machine_unless_named(monkeypatch, tmp_path):
   """The run directories are gone (a new machine): the committed archive decides what is left, unless --rows."""
   started = []
   monkeypatch.setattr(experiments, "run_rows",
-                      lambda experiment, rows, jobs: started.extend(row.name for row in rows) or [])
+                      lambda experiment, rows, jobs, **_: started.extend(row.name for row in rows) or [])
   rows = [Row("done", ()), Row("other_k", (), baseline="done"), Row("fewer_epochs", (), baseline="done"),
           Row("new", (), baseline="done")]
   committed = tmp_path / "results"
